@@ -1,0 +1,1 @@
+"""A reproducible semantic-segmentation pipeline for PASCAL VOC 2012."""

@@ -1,0 +1,136 @@
+"""Training checkpoints (resume after a crash, a kill or Ctrl-C) and the final model file.
+
+A checkpoint is a plain dict (model, optimizer, scheduler, scaler, epoch, RNG states, MLflow run id, params
+hash, history), written atomically and loaded with `weights_only=True`, so a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.atomic import atomic_file
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+KEEP_EPOCHS = 2  # the newest epoch checkpoint plus one to fall back on if the newest is corrupt
+_EPOCH_FILE = re.compile(r"epoch-(\d{4})\.pt")
+INTERRUPTED = "interrupted.pt"
+
+
+def params_hash(*sections: Any) -> str:
+    """Stable hash of the params a model is trained with: a checkpoint is resumed only under the same hash."""
+    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(_flatten_python_state(random.getstate()))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"][0], tuple(state["python"][1:-1]), state["python"][-1]
+    random.setstate((version, internal, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _flatten_python_state(state):
+    version, internal, gauss = state
+    return [version, *internal, gauss]
+
+
+def save(directory: Path, state: dict, *, interrupted: bool = False) -> Path:
+    """Write `state` as `epoch-NNNN.pt` (a finished epoch) or `interrupted.pt` (mid-epoch), atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (INTERRUPTED if interrupted else f"epoch-{state['epoch']:04d}.pt")
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+    if not interrupted:
+        (directory / INTERRUPTED).unlink(missing_ok=True)
+        epochs = sorted(directory.glob("epoch-*.pt"))
+        for old in epochs[:-KEEP_EPOCHS]:
+            old.unlink()
+    return path
+
+
+def _progress(state: dict) -> tuple[int, int]:
+    return state["epoch"], state.get("batches_done", 0)
+
+
+def load_latest(directory: Path, expected_hash: str) -> dict | None:
+    """The most advanced readable checkpoint trained with `expected_hash`, or None to start from scratch.
+
+    A truncated or corrupt file is reported and skipped (the previous one is used); checkpoints of other
+    params are removed, since resuming them would mix two configurations.
+    """
+    if not directory.is_dir():
+        return None
+    candidates = []
+    for path in directory.glob("*.pt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            _progress(state)
+        except Exception as error:  # truncated zip, bad pickle, missing keys: all mean "unusable"
+            log.warning("checkpoint %s is unreadable (%s): falling back to an older one", path, error)
+            continue
+        if state.get("params_hash") != expected_hash:
+            log.info("checkpoint %s was trained with other params: not resumed", path)
+            path.unlink()
+            continue
+        candidates.append((_progress(state), path, state))
+    if not candidates:
+        return None
+    _, path, state = max(candidates, key=lambda c: c[0])
+    log.info("resuming from %s (epoch %d, %d batches into the next)", path, state["epoch"], state.get("batches_done", 0))
+    return state
+
+
+def clear(directory: Path) -> None:
+    if not directory.is_dir():
+        return
+    for path in directory.glob("*.pt"):
+        path.unlink()
+
+
+# --- the final model file: what evaluate, render and predict load ----------------------------------------
+
+def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: dict, num_classes: int) -> None:
+    state = {
+        "architecture": architecture,
+        "options": options,
+        "num_classes": num_classes,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on `device`."""
+    from pipeline.models import build
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no trained model here; run `dvc repro train@<model>` first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise PipelineError(f"{path}: not a readable model file ({error}); rerun the train stage") from None
+    # The trained weights replace any backbone initialisation: never fetch ImageNet weights just to load.
+    options = {key: value for key, value in state["options"].items() if key != "weights_sha256"}
+    options["pretrained"] = "none"
+    model = build(state["architecture"], num_classes=state["num_classes"], **options)
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval()

@@ -1,0 +1,264 @@
+"""Extracted VOC tree → packed, memory-mappable arrays per split (`prepare`), and the dataset that reads them.
+
+Layout of the prepared directory, per split (`train`, `val`):
+  images.npy  one flat uint8 array: every image as 3×H×W (RGB), concatenated in split-file order
+  labels.npy  one flat uint8 array: every label as H×W (class index 0..20, 255 = void), same order
+  index.json  ids, heights, widths, and each sample's offset into both arrays
+Two big files instead of 2,913 small ones: training reads them through the page cache with no JPEG or PNG
+decoding, and DataLoader workers share the mapping instead of each holding a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.errors import PipelineError
+from pipeline.voc import ARCHIVE_ROOT, CLASSES, IGNORE_INDEX, NUM_CLASSES, SPLITS
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16  # samples per task sent to a worker process: few enough round trips, still a smooth progress bar
+
+# (image path, label path, offset into labels.npy, height, width); the image offset is 3 × the label offset.
+Sample = tuple[str, str, int, int, int]
+
+
+def voc_dir(voc_root: str | os.PathLike) -> Path:
+    """The `VOC2012` directory, given either it or the directory that holds `VOCdevkit/VOC2012` (e.g. `data/`)."""
+    root = Path(voc_root)
+    for candidate in (root / ARCHIVE_ROOT, root):
+        if (candidate / "ImageSets" / "Segmentation").is_dir():
+            return candidate
+    raise PipelineError(f"{root}: no {ARCHIVE_ROOT}/ImageSets/Segmentation in it; "
+                        f"extract the VOC archive there first (run the extract stage)")
+
+
+def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 0,
+            progress: bool = True) -> dict:
+    """Decode and check every image/label pair of the official train and val splits and pack them into `out_dir`.
+
+    `voc_root` is the directory holding `VOCdevkit/VOC2012`, or `VOCdevkit/VOC2012` itself. `workers` decoding
+    processes (0 = one per core, 1 = none: decode in this process). `out_dir` is replaced as a whole, and only
+    once every pair has been checked. Returns the per-split statistics written to `metrics/data.json`.
+    """
+    source = voc_dir(voc_root)
+    workers = workers or os.cpu_count() or 1
+    stats = {}
+    with atomic_dir(out_dir) as tmp:
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try:
+            for split in SPLITS:
+                stats[split] = _prepare_split(source, split, tmp / split, pool, progress)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    return stats
+
+
+def _prepare_split(source: Path, split: str, out: Path, pool: ProcessPoolExecutor | None, progress: bool) -> dict:
+    ids = _read_split(source, split)
+    samples: list[Sample] = []
+    offset = 0
+    for image_id in ids:
+        image_path = source / "JPEGImages" / f"{image_id}.jpg"
+        label_path = source / "SegmentationClass" / f"{image_id}.png"
+        height, width = _check_headers(image_path, label_path)
+        samples.append((str(image_path), str(label_path), offset, height, width))
+        offset += height * width
+
+    # Sizes come from the headers, so both arrays can be allocated on disk now and filled in place by the
+    # workers: memory stays bounded by a chunk of images, not the split (real VOC: ~1.6 GB of pixels).
+    out.mkdir(parents=True)
+    images_npy, labels_npy = out / "images.npy", out / "labels.npy"
+    for path, size in ((images_npy, 3 * offset), (labels_npy, offset)):
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size,)).flush()
+    chunks = [samples[i:i + CHUNK] for i in range(0, len(samples), CHUNK)]
+    histogram = np.zeros(256, dtype=np.int64)
+    with _progress(len(samples), f"prepare {split}", progress) as bar:
+        if pool is None:
+            for chunk in chunks:
+                histogram += _decode_chunk(str(images_npy), str(labels_npy), chunk)
+                bar.update(len(chunk))
+        else:
+            futures = {pool.submit(_decode_chunk, str(images_npy), str(labels_npy), chunk): len(chunk)
+                       for chunk in chunks}
+            for future in as_completed(futures):
+                histogram += future.result()
+                bar.update(futures[future])
+
+    heights = [s[3] for s in samples]
+    widths = [s[4] for s in samples]
+    write_json(out / "index.json", {
+        "ids": ids, "heights": heights, "widths": widths,
+        "label_offsets": [s[2] for s in samples], "image_offsets": [3 * s[2] for s in samples],
+    })
+    void = int(histogram[IGNORE_INDEX])
+    return {
+        "images": len(ids),
+        "pixels": offset,
+        "class_pixels": {name: int(histogram[c]) for c, name in enumerate(CLASSES)},
+        "void_pixels": void,
+        "void_fraction": void / offset,
+        "height": {"min": min(heights), "max": max(heights)},
+        "width": {"min": min(widths), "max": max(widths)},
+        "sha256": _sha256(out / "index.json", images_npy, labels_npy),
+    }
+
+
+def _read_split(source: Path, split: str) -> list[str]:
+    path = source / "ImageSets" / "Segmentation" / f"{split}.txt"
+    try:
+        ids = path.read_text().split()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; the extracted archive is incomplete, run the extract stage again") from None
+    if not ids:
+        raise PipelineError(f"{path}: lists no ids; the extracted archive is damaged, run the extract stage again")
+    return ids
+
+
+def _check_headers(image_path: Path, label_path: Path) -> tuple[int, int]:
+    """(height, width) of a pair, after the checks that need only the file headers."""
+    image = _open(image_path)
+    label = _open(label_path)
+    if label.mode != "P":
+        raise PipelineError(f"{label_path}: label mode is {label.mode!r}, want a palette ('P') PNG whose index is "
+                            f"the class id, as in VOC's SegmentationClass; convert it or re-extract the archive")
+    if label.size != image.size:
+        raise PipelineError(f"{label_path}: label is {label.width}×{label.height} but image {image_path.name} is "
+                            f"{image.width}×{image.height}; they must match pixel for pixel, re-extract the archive")
+    return image.height, image.width
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image  # the header is read; pixels are only decoded later, in `_decode_chunk`
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing, but listed in ImageSets/Segmentation; "
+                            f"the extracted archive is incomplete, run the extract stage again") from None
+    except UnidentifiedImageError:
+        raise PipelineError(f"{path}: not an image in a format PIL reads; re-extract the archive") from None
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot be read ({error.strerror or error}); re-extract the archive") from None
+
+
+def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample]) -> np.ndarray:
+    """Decode, check and write one chunk of samples into the arrays; returns the label-value histogram.
+    Runs in a worker process, so it opens the arrays itself and each worker writes only its own slices."""
+    images = np.load(images_npy, mmap_mode="r+")
+    labels = np.load(labels_npy, mmap_mode="r+")
+    histogram = np.zeros(256, dtype=np.int64)
+    for image_path, label_path, offset, height, width in chunk:
+        label = _pixels(label_path, rgb=False)
+        image = _pixels(image_path, rgb=True)
+        counts = np.bincount(label.ravel(), minlength=256)
+        bad = np.flatnonzero(counts[NUM_CLASSES:IGNORE_INDEX]) + NUM_CLASSES
+        if bad.size:
+            shown = ", ".join(map(str, bad[:5])) + (", …" if bad.size > 5 else "")
+            raise PipelineError(f"{label_path}: label values {shown} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}; "
+                                f"VOC labels are class indices with {IGNORE_INDEX} for void, re-extract the archive")
+        labels[offset:offset + height * width] = label.ravel()
+        images[3 * offset:3 * (offset + height * width)].reshape(3, height, width)[...] = image.transpose(2, 0, 1)
+        histogram += counts
+    images.flush()
+    labels.flush()
+    return histogram
+
+
+def _pixels(path: str, *, rgb: bool) -> np.ndarray:
+    """H×W×3 RGB for an image; for a label H×W of its palette indices, which are the class ids (no colour look-up)."""
+    try:
+        with Image.open(path) as file:
+            return np.asarray(file.convert("RGB") if rgb else file)
+    except OSError as error:  # e.g. a truncated file, whose header alone looked fine
+        raise PipelineError(f"{path}: cannot be decoded ({error}); re-extract the archive") from None
+
+
+def _sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class _LogProgress:
+    """tqdm's `update`/context interface as a log line every 10 %, for logs and CI where a bar would be noise."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.done, self.logged = total, desc, 0, 0
+
+    def __enter__(self) -> _LogProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        self.done += n
+        tenth = self.done * 10 // self.total
+        if tenth > self.logged:
+            self.logged = tenth
+            log.info("%s: %d/%d images", self.desc, self.done, self.total)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if enabled and sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit="img")
+    return _LogProgress(total, desc) if enabled else tqdm(total=total, disable=True)
+
+
+class VOCPrepared(torch.utils.data.Dataset):
+    """One split of a prepared directory: `ds[i]` → (image uint8 3×H×W, label uint8 H×W with 0..20 and 255).
+
+    The arrays are memory-mapped on first access, not in `__init__`, and left out of the pickled state, so the
+    dataset is cheap to send to DataLoader workers and each worker maps the files itself.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str):
+        self.dir = Path(root) / split
+        index_path = self.dir / "index.json"
+        try:
+            index = json.loads(index_path.read_text())
+        except FileNotFoundError:
+            raise PipelineError(f"{index_path}: missing; run the prepare stage first (dvc repro prepare)") from None
+        except json.JSONDecodeError:
+            raise PipelineError(f"{index_path}: not valid JSON; run the prepare stage again (dvc repro prepare)") from None
+        self.ids: list[str] = index["ids"]
+        self.sizes: list[tuple[int, int]] = list(zip(index["heights"], index["widths"]))
+        self._offsets: list[int] = index["label_offsets"]
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        i %= len(self)
+        if self._images is None:
+            self._images = np.load(self.dir / "images.npy", mmap_mode="r")
+            self._labels = np.load(self.dir / "labels.npy", mmap_mode="r")
+        height, width = self.sizes[i]
+        offset = self._offsets[i]
+        # np.array copies: the tensors must own writable memory, not alias the read-only mapping.
+        image = np.array(self._images[3 * offset:3 * (offset + height * width)]).reshape(3, height, width)
+        label = np.array(self._labels[offset:offset + height * width]).reshape(height, width)
+        return torch.from_numpy(image), torch.from_numpy(label)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None, "_labels": None}

@@ -1,0 +1,85 @@
+"""Fully convolutional networks (Long, Shelhamer & Darrell, CVPR 2015) on ResNet backbones.
+
+`FCN32s` is the network of the d2l.ai FCN chapter (https://d2l.ai/chapter_computer-vision/fcn.html) this project
+started from; `FCN8s` adds the paper's 1/16 and 1/8 skip connections on a ResNet-34.
+
+Inputs of any size: the backbone rounds every stride-2 step up, so its 1/s map has ceil(H/s) rows, and an
+×f transposed convolution with kernel 2f, stride f and padding f/2 gives exactly f times its input. Upsampled
+maps therefore cover the input (or the finer map) plus at most one cell at the bottom and right, which is
+cropped off; no padding of the input is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet18, resnet34
+from torchvision.models._utils import IntermediateLayerGetter
+
+
+def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
+    """d2l's `bilinear_kernel`: per channel, the separable tent filter of bilinear interpolation; no mixing
+    across channels. Weight layout of ConvTranspose2d: in × out × k × k."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    taps = 1 - torch.abs(torch.arange(kernel_size, dtype=torch.float32) - center) / factor
+    weight = torch.zeros(channels, channels, kernel_size, kernel_size)
+    weight[range(channels), range(channels)] = taps[:, None] * taps[None, :]
+    return weight
+
+
+def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
+    """A learnable ×`factor` upsampling that starts as bilinear interpolation (Long et al., §3.3)."""
+    layer = nn.ConvTranspose2d(channels, channels, kernel_size=2 * factor, stride=factor, padding=factor // 2)
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(channels, 2 * factor))
+        layer.bias.zero_()
+    return layer
+
+
+class FCN32s(nn.Module):
+    """ResNet-18 without avgpool and fc, a 1×1 class scorer, one ×32 transposed convolution."""
+
+    backbone_name = "resnet18"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = IntermediateLayerGetter(resnet18(), return_layers={"layer4": "out"})
+        self.score = nn.Conv2d(512, num_classes, kernel_size=1)
+        self.upsample = bilinear_upsampling(num_classes, 32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        return self.upsample(self.score(self.backbone(x)["out"]))[..., :height, :width]
+
+
+class FCN8s(nn.Module):
+    """ResNet-34 scored at 1/32, 1/16 (layer3) and 1/8 (layer2); each coarser score map is upsampled ×2 and
+    added to the next finer one, and the 1/8 sum is upsampled ×8 (the FCN-8s fusion of Long et al., Fig. 3)."""
+
+    backbone_name = "resnet34"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = IntermediateLayerGetter(resnet34(), return_layers={"layer2": "s8", "layer3": "s16", "layer4": "s32"})
+        self.score32 = nn.Conv2d(512, num_classes, kernel_size=1)
+        # The skip scorers keep PyTorch's default init, not the paper's zeros: those belong to its staged
+        # training (FCN-32s, then 16s, then 8s); here all of them are trained at once.
+        self.score16 = nn.Conv2d(256, num_classes, kernel_size=1)
+        self.score8 = nn.Conv2d(128, num_classes, kernel_size=1)
+        self.up32 = bilinear_upsampling(num_classes, 2)
+        self.up16 = bilinear_upsampling(num_classes, 2)
+        self.up8 = bilinear_upsampling(num_classes, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        features = self.backbone(x)
+        score16 = self.score16(features["s16"])
+        score8 = self.score8(features["s8"])
+        fused16 = _crop_like(self.up32(self.score32(features["s32"])), score16) + score16
+        fused8 = _crop_like(self.up16(fused16), score8) + score8
+        return self.up8(fused8)[..., :height, :width]
+
+
+def _crop_like(x: Tensor, reference: Tensor) -> Tensor:
+    return x[..., : reference.shape[-2], : reference.shape[-1]]

@@ -1,0 +1,69 @@
+"""Segment arbitrary image files with a trained model: any size, RGB/RGBA/grayscale/palette/16-bit inputs."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.errors import PipelineError
+from pipeline.evaluate import predict
+from pipeline.render import label_to_png, overlay, save_png
+
+log = logging.getLogger(__name__)
+
+
+def expand(patterns: Iterable[str]) -> list[Path]:
+    """Files named or matched by glob patterns (`**` recursive), in a stable order; a pattern that matches
+    nothing is an error naming it."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise PipelineError(f"{pattern}: matches no file")
+        paths += [Path(match) for match in matches if not Path(match).is_dir()]
+    return paths
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """H×W×3 uint8 from any PIL-readable image, camera rotation applied.
+
+    16-bit and 32-bit grayscale are scaled to 8 bits by their full range (PIL's own conversion would clip
+    everything above 255 to white); alpha is dropped.
+    """
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                values = np.asarray(img, dtype=np.float64)
+                full_range = 65535.0 if img.mode.startswith("I;16") else max(float(values.max()), 1.0)
+                gray = np.clip(values / full_range * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise PipelineError(f"{path}: not a readable image ({error})") from None
+
+
+def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, device: torch.device) -> list[str]:
+    """Write `<stem>.png` (VOC palette indices) and `<stem>_overlay.png` per input; returns one line per file
+    that could not be read, after processing all the others."""
+    failures = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        try:
+            image = read_rgb(path)
+        except PipelineError as error:
+            failures.append(str(error))
+            log.error("%s", error)
+            continue
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(device)
+        labels = predict(model, tensor, amp=device.type == "cuda").to(torch.uint8).cpu().numpy()
+        save_png(out_dir / f"{path.stem}.png", label_to_png(labels))
+        save_png(out_dir / f"{path.stem}_overlay.png", Image.fromarray(overlay(image, labels)))
+        log.info("%s → %s", path, out_dir / f"{path.stem}.png")
+    return failures

@@ -1,0 +1,36 @@
+"""PASCAL VOC 2012 segmentation conventions: class names, the ignore value and the colour palette."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+NUM_CLASSES = len(CLASSES)
+# VOC draws a 'void' band around every object and over ambiguous regions; it is excluded from the loss and
+# from every metric, never counted as background.
+IGNORE_INDEX = 255
+ARCHIVE_ROOT = "VOCdevkit/VOC2012"
+SPLITS = ("train", "val")
+
+
+def palette() -> np.ndarray:
+    """The standard 256-entry VOC colour map as a 256×3 uint8 array (bit-interleaved class index)."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours[index] = (r, g, b)
+    return colours
+
+
+def flat_palette() -> list[int]:
+    """The palette as PIL's `putpalette` wants it: 768 ints."""
+    return palette().reshape(-1).tolist()

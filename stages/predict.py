@@ -1,0 +1,48 @@
+"""Segment your own images with a trained model.
+
+    python -m stages.predict --model deeplab photos/*.jpg --out out/
+    python -m stages.predict -m Deeplab 'photos/**/*.png' --out out/
+    python -m stages.predict --model-uri runs:/<run id>/model img.jpg --out out/
+
+Writes <name>.png (palette PNG, VOC colours, pixel value = class id) and <name>_overlay.png per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline import checkpoint, params
+from pipeline.cli import run_stage
+from pipeline.distributed import resolve_device
+from pipeline.errors import PipelineError
+from pipeline.predict import expand, segment_files
+from pipeline.tracking import load_logged_model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-m", "--model", help="trained model name: loads models/<name>/model.pt (the DVC output)")
+    source.add_argument("--model-uri", help="an MLflow model URI such as runs:/<run id>/model")
+    parser.add_argument("images", nargs="+", help="image files or glob patterns")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    paths = expand(args.images)
+    if args.model_uri:
+        model = load_logged_model(args.model_uri).to(device).eval()
+    else:
+        key = params.load(args.params).model_key(args.model)
+        model = checkpoint.load_model(Path("models") / key / "model.pt", device)
+    failures = segment_files(model, paths, Path(args.out), device)
+    print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")
+    if failures:
+        raise PipelineError(f"{len(failures)} file(s) could not be read: {'; '.join(failures)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

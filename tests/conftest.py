@@ -1,0 +1,31 @@
+"""Shared fixtures: one small generated VOC archive per test session, and its extracted tree."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.synthetic import write_voc_tar
+
+# Small enough to build in about a second, large enough (≥ 7 images a split) that every class is in both splits.
+SYNTHETIC = {"seed": 0, "n_train": 24, "n_val": 16, "min_size": 40, "max_size": 120}
+
+
+@pytest.fixture(scope="session")
+def voc_tar(tmp_path_factory) -> Path:
+    """A generated tar in the real VOCtrainval_11-May-2012.tar layout (arguments: `SYNTHETIC`)."""
+    path = tmp_path_factory.mktemp("voc_tar") / "VOCtrainval-synthetic.tar"
+    write_voc_tar(path, **SYNTHETIC)
+    return path
+
+
+@pytest.fixture(scope="session")
+def voc_tree(voc_tar, tmp_path_factory) -> Path:
+    """`voc_tar` extracted in full: the directory that contains VOCdevkit/VOC2012. Treat it as read-only; copy it
+    to break files."""
+    root = tmp_path_factory.mktemp("voc_tree")
+    with tarfile.open(voc_tar) as tar:
+        tar.extractall(root, filter="data")
+    return root

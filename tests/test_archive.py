@@ -1,0 +1,178 @@
+"""pipeline.archive.extract_segmentation on small tars with the VOC layout, honest and hostile."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.archive import extract_segmentation
+from pipeline.errors import PipelineError
+from pipeline.voc import flat_palette
+
+ROOT = "VOCdevkit/VOC2012"
+TRAIN, VAL = ["2007_000032", "2007_000039"], ["2007_000033"]
+UNLISTED = "2008_000008"  # a detection-only image: has a JPEG, is in no segmentation split
+
+
+def jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((6, 8, 3), seed * 25, dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def png(seed: int) -> bytes:
+    label = Image.frombytes("P", (2, 2), bytes([0, seed, 255, seed]))
+    label.putpalette(flat_palette())
+    buffer = io.BytesIO()
+    label.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def voc_files(*, without: str | None = None) -> dict[str, bytes]:
+    """Member name → content, like the real tar (minus a great many files), optionally without one member."""
+    ids = TRAIN + VAL
+    files = {
+        f"{ROOT}/ImageSets/Segmentation/train.txt": "".join(f"{i}\n" for i in TRAIN).encode(),
+        f"{ROOT}/ImageSets/Segmentation/val.txt": "".join(f"{i}\n" for i in VAL).encode(),
+        f"{ROOT}/ImageSets/Segmentation/trainval.txt": "".join(f"{i}\n" for i in ids).encode(),
+        f"{ROOT}/ImageSets/Main/train.txt": f"{UNLISTED}\n".encode(),
+        f"{ROOT}/JPEGImages/{UNLISTED}.jpg": jpeg(9),
+        f"{ROOT}/Annotations/{UNLISTED}.xml": b"<annotation/>",
+    }
+    for n, image_id in enumerate(ids, 1):
+        files[f"{ROOT}/JPEGImages/{image_id}.jpg"] = jpeg(n)
+        files[f"{ROOT}/SegmentationClass/{image_id}.png"] = png(n)
+        files[f"{ROOT}/SegmentationObject/{image_id}.png"] = png(n)
+        files[f"{ROOT}/Annotations/{image_id}.xml"] = b"<annotation/>"
+    files.pop(without, None)
+    return files
+
+
+def write_tar(path, files: dict[str, bytes], extra: tarfile.TarInfo | None = None):
+    """A tar with directory entries first, as in the real archive, then the files, then `extra` (if any) last,
+    so that a member that fails the checks comes after everything that would be extracted."""
+    with tarfile.open(path, "w") as tar:
+        directories = sorted({"/".join(name.split("/")[:n]) for name in files for n in range(1, name.count("/") + 1)})
+        for directory in directories:
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if extra is not None:
+            tar.addfile(extra, io.BytesIO(b"x" * extra.size) if extra.isfile() else None)
+    return path
+
+
+def all_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_extracts_only_what_segmentation_needs(tmp_path):
+    files = voc_files()
+    tar = write_tar(tmp_path / "voc.tar", files)
+    counts = extract_segmentation(tar, tmp_path / "data", progress=False)
+
+    wanted = sorted(name for name in files if name.startswith(
+        (f"{ROOT}/ImageSets/Segmentation/", f"{ROOT}/SegmentationClass/")
+    ) or name.startswith(f"{ROOT}/JPEGImages/2007_"))
+    assert all_files(tmp_path / "data") == wanted
+    for name in wanted:
+        assert (tmp_path / "data" / name).read_bytes() == files[name]
+    assert counts == {"train": 2, "val": 1, "trainval": 3, "images": 3, "labels": 3, "files": 9}
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["VOCdevkit"]  # no temporary dir left
+
+
+def test_rerun_replaces_earlier_output(tmp_path):
+    tar = write_tar(tmp_path / "voc.tar", voc_files())
+    stale = tmp_path / "data" / ROOT / "JPEGImages" / "stale.jpg"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    extract_segmentation(tar, tmp_path / "data", progress=False)
+    assert not stale.exists()
+    assert (tmp_path / "data" / ROOT / "JPEGImages" / f"{TRAIN[0]}.jpg").exists()
+
+
+def hostile(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    info.size = 4 if kind == tarfile.REGTYPE else 0
+    info.devmajor, info.devminor = 1, 3
+    return info
+
+
+HOSTILE = {
+    "dotdot": lambda tmp: hostile(f"{ROOT}/JPEGImages/../../../evil.txt"),
+    "absolute": lambda tmp: hostile(str(tmp / "evil.txt")),
+    "symlink": lambda tmp: hostile(f"{ROOT}/JPEGImages/link.jpg", tarfile.SYMTYPE, str(tmp / "evil.txt")),
+    "hardlink": lambda tmp: hostile(f"{ROOT}/JPEGImages/hard.jpg", tarfile.LNKTYPE, f"{ROOT}/JPEGImages/{VAL[0]}.jpg"),
+    "chardev": lambda tmp: hostile(f"{ROOT}/JPEGImages/null.jpg", tarfile.CHRTYPE),
+    "fifo": lambda tmp: hostile(f"{ROOT}/SegmentationClass/pipe.png", tarfile.FIFOTYPE),
+    "top level": lambda tmp: hostile("evil.txt"),
+    "beside VOC2012": lambda tmp: hostile("VOCdevkit/VOC2007/evil.txt"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_member_is_refused_and_nothing_is_written(tmp_path, case):
+    member = HOSTILE[case](tmp_path)
+    tar = write_tar(tmp_path / "voc.tar", voc_files(), extra=member)
+    with pytest.raises(PipelineError, match="refusing to extract member") as error:
+        extract_segmentation(tar, tmp_path / "data", progress=False)
+    assert repr(member.name) in str(error.value)
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["voc.tar"]
+
+
+def test_truncated_tar_inside_a_member(tmp_path):
+    tar = write_tar(tmp_path / "voc.tar", voc_files())
+    with tarfile.open(tar) as archive:
+        member = archive.getmember(f"{ROOT}/JPEGImages/{VAL[0]}.jpg")
+    with open(tar, "r+b") as file:
+        file.truncate(member.offset_data + member.size // 2)
+    with pytest.raises(PipelineError, match=r"is truncated or corrupt \(.+\); delete it and rerun the download stage"):
+        extract_segmentation(tar, tmp_path / "data", progress=False)
+    assert not (tmp_path / "data" / "VOCdevkit").exists()
+
+
+@pytest.mark.parametrize("into_header", [0, 100])
+def test_truncated_tar_at_or_inside_a_header(tmp_path, into_header):
+    """tarfile itself reads these as a complete, shorter archive."""
+    tar = write_tar(tmp_path / "voc.tar", voc_files())
+    with tarfile.open(tar) as archive:
+        member = archive.getmember(f"{ROOT}/SegmentationClass/{VAL[0]}.png")
+    with open(tar, "r+b") as file:
+        file.truncate(member.offset + into_header)
+    with pytest.raises(PipelineError, match="is truncated or corrupt .*end-of-archive"):
+        extract_segmentation(tar, tmp_path / "data", progress=False)
+
+
+def test_not_a_tar(tmp_path):
+    tar = tmp_path / "voc.tar"
+    tar.write_bytes(b"<html>404 not found</html>" * 100)
+    with pytest.raises(PipelineError, match="is truncated or corrupt"):
+        extract_segmentation(tar, tmp_path / "data", progress=False)
+
+
+@pytest.mark.parametrize("missing", [
+    f"{ROOT}/ImageSets/Segmentation/val.txt",
+    f"{ROOT}/JPEGImages/{VAL[0]}.jpg",
+    f"{ROOT}/SegmentationClass/{TRAIN[1]}.png",
+])
+def test_missing_split_file_or_listed_image(tmp_path, missing):
+    tar = write_tar(tmp_path / "voc.tar", voc_files(without=missing))
+    with pytest.raises(PipelineError, match=f"missing.*{missing}|{missing}.*missing"):
+        extract_segmentation(tar, tmp_path / "data", progress=False)
+    assert not (tmp_path / "data" / "VOCdevkit").exists()
+
+
+def test_missing_tar(tmp_path):
+    with pytest.raises(PipelineError, match="not found; run the download stage first"):
+        extract_segmentation(tmp_path / "voc.tar", tmp_path / "data", progress=False)

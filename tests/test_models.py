@@ -1,0 +1,322 @@
+"""pipeline.models: the forward contract, the FCN upsampling init, one learning step, weight loading, the registry."""
+
+from __future__ import annotations
+
+import functools
+import math
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, mobilenet_v3_large, resnet18
+
+from pipeline.errors import PipelineError
+from pipeline.models import OPTIONS, build, set_batchnorm_momentum, validate
+from pipeline.models.deeplab import DeepLab
+from pipeline.models.fcn import FCN8s, FCN32s
+from pipeline.models.unet import UNet
+from pipeline.models.weights import file_sha256, hub_path
+
+# Two shared cores: one thread each avoids oversubscription, and these models are small at these sizes.
+torch.set_num_threads(1)
+
+CASES = {
+    "fcn32s": ("fcn", {"variant": "fcn32s"}),
+    "fcn8s": ("fcn", {"variant": "fcn8s"}),
+    "unet-bilinear": ("unet", {"width": 8}),
+    "unet-transpose": ("unet", {"width": 8, "upsampling": "transpose"}),
+    "deeplab-resnet18": ("deeplab", {"backbone": "resnet18"}),
+    "deeplab-mobilenet": ("deeplab", {"backbone": "mobilenet_v3_large"}),
+    "deeplab-resnet50": ("deeplab", {"backbone": "resnet50"}),
+}
+WITH_AUX = {"deeplab-mobilenet", "deeplab-resnet50"}  # aux_loss defaults to true for these backbones
+# ResNet-50 at output stride 8 takes seconds per 320×480 batch on one core; at the large sizes its shapes are
+# computed on the meta device, which runs the same shape logic without arithmetic.
+HEAVY = {"deeplab-resnet50"}
+SIZES = [(320, 480), (333, 497), (64, 64)]
+
+
+@functools.cache
+def cached_model(case: str, device: str) -> nn.Module:
+    name, options = CASES[case]
+    with torch.device(device):
+        return build(name, **options)
+
+
+def check_output(out: torch.Tensor | dict, expected: tuple[int, ...], with_aux: bool) -> None:
+    if with_aux:
+        assert isinstance(out, dict) and set(out) == {"out", "aux"}
+        assert tuple(out["out"].shape) == expected and tuple(out["aux"].shape) == expected
+    else:
+        assert isinstance(out, torch.Tensor) and tuple(out.shape) == expected
+
+
+# --- the forward contract -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("case", CASES)
+def test_output_is_input_sized_logits(case, size, training):
+    device = "meta" if case in HEAVY and size != (64, 64) else "cpu"
+    model = cached_model(case, device).train(training)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *size, device=device))
+    check_output(out, (2, 21, *size), with_aux=training and case in WITH_AUX)
+
+
+def test_deeplab_resnet101_runs():
+    model = build("deeplab", backbone="resnet101")
+    with torch.no_grad():
+        check_output(model.eval()(torch.randn(2, 3, 64, 64)), (2, 21, 64, 64), with_aux=False)
+        check_output(model.train()(torch.randn(2, 3, 64, 64)), (2, 21, 64, 64), with_aux=True)
+
+
+def test_num_classes_sets_the_output_channels():
+    with torch.no_grad():
+        assert build("unet", num_classes=5, width=4).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 5, 32, 32)
+
+
+def test_aux_head_can_be_switched_off():
+    model = build("deeplab", backbone="mobilenet_v3_large", aux_loss=False).train()
+    assert model.aux_classifier is None
+    with torch.no_grad():
+        check_output(model(torch.randn(2, 3, 64, 64)), (2, 21, 64, 64), with_aux=False)
+
+
+def test_deeplab_resnet18_has_output_stride_8():
+    backbone = build("deeplab", backbone="resnet18").backbone.eval()
+    with torch.no_grad():
+        assert backbone(torch.randn(1, 3, 64, 96))["out"].shape == (1, 512, 8, 12)
+    dilations = {conv.dilation for block in backbone.layer4 for conv in (block.conv1, block.conv2)}
+    assert dilations == {(4, 4)}
+
+
+# --- FCN: bilinear upsampling and skips -----------------------------------------------------------------
+
+def caffe_upsample_filter(size: int) -> torch.Tensor:
+    """The FCN authors' `upsample_filt` (shelhamer/fcn.berkeleyvision.org, surgery.py), a different formula for
+    the same kernel: factor = ceil(size / 2), centre in units of the factor, tap = 1 - |x / factor - centre|."""
+    factor = math.ceil(size / 2)
+    centre = (2 * factor - 1 - factor % 2) / (2 * factor)
+    taps = torch.tensor([1 - abs(x / factor - centre) for x in range(size)])
+    return torch.outer(taps, taps)
+
+
+def upsampling_layers() -> list[tuple[nn.ConvTranspose2d, int]]:
+    fcn8s = FCN8s(num_classes=3)
+    return [(FCN32s(num_classes=3).upsample, 32), (fcn8s.up32, 2), (fcn8s.up16, 2), (fcn8s.up8, 8)]
+
+
+@pytest.mark.parametrize("layer,factor", upsampling_layers(), ids=["fcn32s-x32", "fcn8s-x2a", "fcn8s-x2b", "fcn8s-x8"])
+def test_transposed_conv_starts_as_bilinear_upsampling(layer, factor):
+    assert layer.kernel_size == (2 * factor, 2 * factor) and layer.stride == (factor, factor)
+    assert layer.padding == (factor // 2, factor // 2)
+    expected = torch.zeros(3, 3, 2 * factor, 2 * factor)
+    for channel in range(3):
+        expected[channel, channel] = caffe_upsample_filter(2 * factor)
+    torch.testing.assert_close(layer.weight.detach(), expected)
+    assert not layer.bias.any()
+
+    with torch.no_grad():
+        out = layer(torch.full((1, 3, 5, 7), 2.5))
+    assert out.shape == (1, 3, 5 * factor, 7 * factor)
+    torch.testing.assert_close(out[..., factor:-factor, factor:-factor], torch.full_like(out[..., factor:-factor, factor:-factor], 2.5))
+
+
+@pytest.mark.parametrize("skip", ["score16", "score8"])
+def test_fcn8s_uses_both_skips(skip):
+    torch.manual_seed(0)
+    model = build("fcn", variant="fcn8s").eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        before = model(x)
+        getattr(model, skip).weight.zero_()
+        getattr(model, skip).bias.zero_()
+        after = model(x)
+    assert (before - after).abs().max() > 1e-3
+
+
+# --- one optimiser step on a fixed batch ------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_step_lowers_the_loss(case):
+    torch.manual_seed(0)
+    name, options = CASES[case]
+    model = build(name, **options).train()
+    x = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 21, (2, 64, 64))
+    labels[:, :, :10] = 255
+    criterion = nn.CrossEntropyLoss(ignore_index=255)
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(1)  # the same dropout masks in both evaluations
+        out = model(x)
+        if isinstance(out, dict):
+            return criterion(out["out"], labels) + 0.5 * criterion(out["aux"], labels)
+        return criterion(out, labels)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = loss()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss()
+    assert after < before
+
+
+# --- pretrained weights -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty torch hub cache under tmp_path and a network that fails like a machine without one."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_imagenet_offline_names_the_file_to_fetch(offline):
+    with pytest.raises(PipelineError) as error:
+        build("fcn", pretrained="imagenet")
+    message = str(error.value)
+    assert "\n" not in message
+    assert ResNet18_Weights.IMAGENET1K_V1.url in message
+    assert str(offline / "resnet18-f37072fd.pth") in message
+    assert "pretrained: none" in message and "Temporary failure in name resolution" in message
+
+
+def test_imagenet_file_put_in_the_hub_cache_is_used_offline(offline):
+    state = resnet18().state_dict()
+    assert hub_path(ResNet18_Weights.IMAGENET1K_V1) == offline / "resnet18-f37072fd.pth"
+    offline.mkdir(parents=True)
+    torch.save(state, offline / "resnet18-f37072fd.pth")
+    model = build("fcn", pretrained="imagenet")
+    assert_backbone_holds(model.backbone, state, prefix="", skip="fc.")
+
+
+def test_unreadable_cached_imagenet_file_is_named(offline):
+    offline.mkdir(parents=True)
+    (offline / "resnet18-f37072fd.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PipelineError, match="cannot be read.*delete the file"):
+        build("fcn", pretrained="imagenet")
+
+
+def assert_backbone_holds(backbone: nn.Module, state: dict, prefix: str, skip: str) -> None:
+    loaded = backbone.state_dict()
+    expected = {key.removeprefix(prefix): value for key, value in state.items() if not key.startswith(skip)}
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory) -> tuple[Path, dict]:
+    torch.manual_seed(0)
+    state = resnet18().state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_local_weights_with_the_right_sha256_are_loaded(resnet18_file):
+    path, state = resnet18_file
+    model = build("deeplab", backbone="resnet18", pretrained=str(path), weights_sha256=file_sha256(path).upper())
+    assert_backbone_holds(model.backbone, state, prefix="", skip="fc.")
+
+
+def test_local_mobilenet_weights_are_loaded_into_its_features(tmp_path):
+    state = mobilenet_v3_large().state_dict()
+    path = tmp_path / "mobilenet.pth"
+    torch.save(state, path)
+    model = build("deeplab", backbone="mobilenet_v3_large", pretrained=str(path), weights_sha256=file_sha256(path))
+    assert_backbone_holds(model.backbone, state, prefix="features.", skip="classifier.")
+
+
+def test_local_weights_with_a_wrong_sha256_are_refused(resnet18_file):
+    path, _ = resnet18_file
+    with pytest.raises(PipelineError, match=f"has sha256 {file_sha256(path)}, expected 0{{64}}; refusing"):
+        build("fcn", pretrained=str(path), weights_sha256="0" * 64)
+
+
+def test_local_weights_without_sha256_print_the_files_sha256(resnet18_file):
+    path, _ = resnet18_file
+    with pytest.raises(PipelineError, match=f"weights_sha256: required.*add weights_sha256: {file_sha256(path)}"):
+        validate("fcn", {"pretrained": str(path)})
+
+
+def test_missing_local_weights_file_is_named(tmp_path):
+    with pytest.raises(PipelineError, match=f"models.fcn.options.pretrained: weights file {tmp_path / 'nope.pth'} not found"):
+        build("fcn", pretrained=str(tmp_path / "nope.pth"), weights_sha256="0" * 64)
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"conv1.weight": torch.zeros(3)}, path)
+    with pytest.raises(PipelineError, match="does not fit torchvision's resnet34"):
+        build("fcn", variant="fcn8s", pretrained=str(path), weights_sha256=file_sha256(path))
+    torch.save({"head.weight": torch.zeros(3)}, path)
+    with pytest.raises(PipelineError, match=r"not a state dict of torchvision's resnet34: \d+ keys missing .*1 unexpected \(head.weight\)"):
+        build("fcn", variant="fcn8s", pretrained=str(path), weights_sha256=file_sha256(path))
+
+
+# --- the registry -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,options,cls", [
+    ("FCN", {}, FCN32s), ("Fcn", {"variant": "fcn8s"}, FCN8s), ("Unet", {"width": 4}, UNet),
+    ("UNET", {"width": 4}, UNet), ("Deeplab", {"backbone": "resnet18"}, DeepLab),
+])
+def test_names_are_case_insensitive(name, options, cls):
+    assert type(build(name, **options)) is cls
+
+
+def test_validate_fills_in_defaults():
+    assert validate("fcn", {}) == {"variant": "fcn32s", "pretrained": "none", "weights_sha256": None}
+    assert validate("Unet", {}) == {"width": 64, "upsampling": "bilinear", "pretrained": "none"}
+    assert validate("deeplab", {}) == {"backbone": "resnet50", "aux_loss": True, "pretrained": "none", "weights_sha256": None}
+    assert validate("deeplab", {"backbone": "resnet18"})["aux_loss"] is False
+    assert set(OPTIONS) == {"fcn", "unet", "deeplab"}
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("segformer", {}, "unknown model 'segformer': must be one of fcn, unet, deeplab"),
+    ("fcn", {"variant": "x"}, "models.fcn.options.variant: must be one of fcn32s, fcn8s, got 'x'"),
+    ("fcn", {"depth": 3}, "models.fcn.options.depth: unknown option for fcn; allowed: pretrained, variant, weights_sha256"),
+    ("fcn", {"pretrained": "imagenet", "weights_sha256": "a" * 64}, "models.fcn.options.weights_sha256: only used with a local weights file"),
+    ("fcn", {"pretrained": "x.pth", "weights_sha256": "abc"}, "models.fcn.options.weights_sha256: must be 64 hexadecimal digits, got 'abc'"),
+    ("fcn", {"pretrained": True}, "models.fcn.options.pretrained: must be imagenet, none or the path of a weights file, got True"),
+    ("unet", {"pretrained": "imagenet"}, "models.unet.options.pretrained: must be none (U-Net has no pretrained backbone"),
+    ("unet", {"width": 0}, "models.unet.options.width: must be a positive integer"),
+    ("unet", {"width": True}, "models.unet.options.width: must be a positive integer"),
+    ("unet", {"upsampling": "nearest"}, "models.unet.options.upsampling: must be one of bilinear, transpose, got 'nearest'"),
+    ("unet", {"variant": "fcn8s"}, "models.unet.options.variant: unknown option for unet"),
+    ("deeplab", {"backbone": "vgg16"}, "models.deeplab.options.backbone: must be one of resnet50, resnet101, mobilenet_v3_large, resnet18, got 'vgg16'"),
+    ("deeplab", {"aux_loss": "yes"}, "models.deeplab.options.aux_loss: must be true or false, got 'yes'"),
+    ("deeplab", {"backbone": "resnet18", "aux_loss": True}, "models.deeplab.options.aux_loss: backbone resnet18 has no auxiliary head"),
+])
+def test_bad_names_and_options_are_one_line_errors(name, options, message):
+    with pytest.raises(PipelineError) as error:
+        build(name, **options)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_messages_use_the_callers_prefix():
+    with pytest.raises(PipelineError, match=r"^models\.small_unet\.options\.width: "):
+        validate("unet", {"width": -1}, where="models.small_unet.options")
+
+
+def test_bad_num_classes_is_refused():
+    with pytest.raises(PipelineError, match="num_classes: must be a positive integer, got 0"):
+        build("unet", num_classes=0)
+
+
+def test_set_batchnorm_momentum_reaches_every_batchnorm_layer():
+    model = build("deeplab", backbone="mobilenet_v3_large")
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert {m.momentum for m in norms} >= {0.01}  # torchvision's MobileNetV3 setting
+    assert set_batchnorm_momentum(model, 0.1) == len(norms) > 0
+    assert {m.momentum for m in norms} == {0.1}

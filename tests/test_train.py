@@ -1,0 +1,225 @@
+"""The training loop on generated data, CPU: resume after SIGKILL and SIGTERM, NaN stop, an unreachable tracking
+server, seed determinism, DDP agreement on 2 processes, and the tutorial's `-m FCN -g 0` form."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import params as params_module
+from pipeline.data import prepare
+from pipeline.errors import PipelineError
+from pipeline.train import train_model
+
+REPO = Path(__file__).resolve().parents[1]
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at once
+
+TINY = {
+    "train": {"epochs": 2, "batch_size": 4, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0,
+              "lr_schedule": "cosine", "warmup_epochs": 0, "crop_size": [48, 48], "scale_range": [0.75, 1.25],
+              "workers": 0, "device": "cpu", "bn_momentum": 0.1},
+    "models": {"unet": {"architecture": "unet", "options": {"width": 4}},
+               "fcn": {"architecture": "fcn", "options": {"variant": "fcn32s", "pretrained": "none"}}},
+    "tracking": {"experiment": "tests"},
+}
+
+
+@pytest.fixture(scope="session")
+def prepared(voc_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare(voc_tree, out, workers=1, progress=False)
+    return out
+
+
+def tiny_params(**train_overrides) -> params_module.Params:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw.update(json.loads(json.dumps(TINY)))
+    raw["train"].update(train_overrides)
+    return params_module.parse(raw)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, prepared):
+    """A fresh working directory holding the tiny params.yaml; stages write models/, checkpoints/ … here."""
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw.update(json.loads(json.dumps(TINY)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def run_stage(workdir: Path, prepared: Path, *args: str, step_delay: float = 0.0) -> subprocess.Popen:
+    """`python -m stages.train …` in `workdir`; `step_delay` slows every batch so a test can kill it mid-epoch."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        import pipeline.augment as augment
+        original = augment.train_batch
+        def slow(*args, **kwargs):
+            time.sleep({step_delay})
+            return original(*args, **kwargs)
+        augment.train_batch = slow
+        from pipeline.cli import run_stage
+        from stages.train import main
+        run_stage(lambda: main(sys.argv[1:]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", code, *args, "--prepared", str(prepared), "--no-progress"],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"stage ended early:\n{process.stdout.read()}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def metric_steps(workdir: Path, run_id: str, key: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_resumes_from_last_epoch_in_the_same_run(workdir, prepared):
+    first = run_stage(workdir, prepared, "--model", "unet", step_delay=0.3)
+    wait_for(workdir / "checkpoints/unet/epoch-0001.pt", first)
+    time.sleep(0.5)  # a step or two into epoch 2
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (workdir / "models/unet/model.pt").exists()
+
+    second = run_stage(workdir, prepared, "--model", "unet")
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    assert "resuming from checkpoints/unet/epoch-0001.pt (epoch 1, 0 batches" in output
+    run = json.loads((workdir / "models/unet/mlflow_run.json").read_text())
+    first_run_id = torch.load(workdir / "checkpoints/unet/epoch-0001.pt", weights_only=True)["run_id"]
+    assert run["run_id"] == first_run_id  # the same MLflow run continues
+    for key in ("loss", "val_miou", "lr"):
+        assert metric_steps(workdir, run["run_id"], key) == [1, 2]
+    history = (workdir / "metrics/train/unet.csv").read_text().splitlines()
+    assert history[0] == "epoch,loss,lr,val_miou,images_per_second" and len(history) == 3
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_mid_epoch_checkpoint_and_exits_nonzero(workdir, prepared):
+    first = run_stage(workdir, prepared, "--model", "unet", step_delay=0.3)
+    wait_for(workdir / "checkpoints/unet/epoch-0001.pt", first)
+    time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)
+    output, _ = first.communicate(timeout=60)
+    assert first.returncode == 2
+    assert "error: interrupted by SIGTERM in epoch 2" in output
+    state = torch.load(workdir / "checkpoints/unet/interrupted.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["batches_done"] >= 1
+
+    second = run_stage(workdir, prepared, "--model", "unet")
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    assert f"(epoch 1, {state['batches_done']} batches into the next)" in output
+    assert not (workdir / "checkpoints/unet/interrupted.pt").exists()
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(prepared, tmp_path, monkeypatch):
+    import pipeline.train as train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
+    calls = {"n": 0}
+    original = train.segmentation_loss
+
+    def poisoned(outputs, labels, aux_weight):
+        calls["n"] += 1
+        loss = original(outputs, labels, aux_weight)
+        return loss * float("nan") if calls["n"] == 6 + 3 else loss  # 6 steps an epoch: epoch 2, step 3
+
+    monkeypatch.setattr(train, "segmentation_loss", poisoned)
+    with pytest.raises(PipelineError, match=r"loss is nan at epoch 2, step 3"):
+        train_model("unet", tiny_params(), prepared=prepared, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch-0001.pt"]
+
+
+def test_unreachable_tracking_server_warns_and_training_finishes(prepared, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
+    result = train_model("unet", tiny_params(epochs=1), prepared=prepared, checkpoint_dir=tmp_path / "c", progress=False)
+    assert result.run_id is None
+    assert result.summary["epochs"] == 1 and 0 <= result.summary["final_val_miou"] <= 1
+    assert any("unreachable" in record.message for record in caplog.records)
+
+
+def test_same_seed_gives_identical_weights_on_cpu(prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
+    runs = [train_model("unet", tiny_params(epochs=1), prepared=prepared, checkpoint_dir=tmp_path / str(i),
+                        progress=False) for i in range(2)]
+    first, second = (run.model.state_dict() for run in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = train_model("unet", tiny_params(epochs=1, seed=1), prepared=prepared, checkpoint_dir=tmp_path / "s1",
+                        progress=False).model.state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_a_model_learns_on_generated_data(prepared, tmp_path, monkeypatch):
+    """Loss falls over a few epochs: the loop, augmentation and loss fit together."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
+    result = train_model("unet", tiny_params(epochs=8, lr=0.01), prepared=prepared, checkpoint_dir=tmp_path / "c",
+                         progress=False)
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, prepared: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), MLFLOW_TRACKING_URI=UNREACHABLE)
+    torch.set_num_threads(1)
+    result = train_model("unet", tiny_params(epochs=1), prepared=Path(prepared),
+                         checkpoint_dir=Path(out) / "ckpt", progress=False)
+    torch.save(dict(result.model.named_parameters()), Path(out) / f"rank{rank}.pt")
+    from pipeline.distributed import shutdown
+
+    shutdown()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_agrees_on_the_weights(prepared, tmp_path):
+    """Gradients are all-reduced, so both ranks hold the same weights after training (gloo backend)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(prepared), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
+def test_tutorial_cli_form_means_the_same_as_the_long_form():
+    from stages.train import parse_args
+
+    short, long = parse_args(["-m", "FCN", "-g", "0"]), parse_args(["--model", "fcn", "--device", "cuda:0"])
+    assert (short.model.lower(), short.device) == (long.model, long.device) == ("fcn", "cuda:0")
+    assert parse_args(["-m", "Unet", "-g", "-1"]).device == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_gpu_flag_without_a_gpu_is_one_clear_error(workdir, prepared):
+    process = run_stage(workdir, prepared, "-m", "FCN", "-g", "0")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "error: device 'cuda:0' asked for, but no CUDA GPU is visible" in output
+    assert not (workdir / "models").exists()
