@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from pipeline.atomic import atomic_dir
-from pipeline.download import Progress
+from pipeline.progress import Progress
 from pipeline.errors import PipelineError
 from pipeline.voc import ARCHIVE_ROOT, SPLITS
 

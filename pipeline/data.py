@@ -14,17 +14,16 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.errors import PipelineError
+from pipeline.progress import Progress
 from pipeline.voc import ARCHIVE_ROOT, CLASSES, IGNORE_INDEX, NUM_CLASSES, SPLITS
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ def _prepare_split(source: Path, split: str, out: Path, pool: ProcessPoolExecuto
         np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size,)).flush()
     chunks = [samples[i:i + CHUNK] for i in range(0, len(samples), CHUNK)]
     histogram = np.zeros(256, dtype=np.int64)
-    with _progress(len(samples), f"prepare {split}", progress) as bar:
+    with Progress(len(samples), desc=f"prepare {split}", unit="images", enabled=progress, logger=log) as bar:
         if pool is None:
             for chunk in chunks:
                 histogram += _decode_chunk(str(images_npy), str(labels_npy), chunk)
@@ -193,32 +192,6 @@ def _sha256(*paths: Path) -> str:
             for block in iter(lambda: f.read(1 << 24), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-class _LogProgress:
-    """tqdm's `update`/context interface as a log line every 10 %, for logs and CI where a bar would be noise."""
-
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.done, self.logged = total, desc, 0, 0
-
-    def __enter__(self) -> _LogProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        self.done += n
-        tenth = self.done * 10 // self.total
-        if tenth > self.logged:
-            self.logged = tenth
-            log.info("%s: %d/%d images", self.desc, self.done, self.total)
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if enabled and sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, unit="img")
-    return _LogProgress(total, desc) if enabled else tqdm(total=total, disable=True)
 
 
 class VOCPrepared(torch.utils.data.Dataset):

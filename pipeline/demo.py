@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -72,11 +73,13 @@ def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], demo_file
     original = params_file.read_bytes()
     demo_params = params_module.parse(_merge(yaml.safe_load(original), overrides), source=f"{params_file} + {demo_file}")
 
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
-    command = [dvc, "exp", "run", *set_param_flags(overrides)]
+    # Stage commands say `python`: make it this interpreter (the venv's) even when the venv is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    command = [shutil.which("dvc", path=bin_dir) or "dvc", "exp", "run", *set_param_flags(overrides)]
     log.info("running: %s", " ".join(command))
     try:
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env=env)
     except subprocess.CalledProcessError as error:
         raise PipelineError(f"the demo pipeline failed (dvc exp run exited {error.returncode}); see the stage output above") from None
     finally:

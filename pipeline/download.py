@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
 
 from pipeline.errors import PipelineError
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +170,7 @@ def _http_attempt(url: str, part: Path, want: _Want, *, timeout_s: float, progre
 
         hasher = _md5_hasher(part) if offset else hashlib.md5(usedforsecurity=False)
         bar = Progress(want.size or total, desc=part.name.removesuffix(".part"), unit="B", enabled=progress,
-                       initial=offset)
+                       initial=offset, logger=log)
         received = offset
         try:
             with open(part, "ab" if offset else "wb") as out:
@@ -246,7 +245,7 @@ def _copy_local(path: Path, part: Path, want: _Want, *, progress: bool) -> None:
         if want.size is not None and source_size != want.size:
             raise _SourceFailed(f"size mismatch (got {source_size} bytes, want {want.size})")
         hasher = hashlib.md5(usedforsecurity=False)
-        bar = Progress(source_size, desc=part.name.removesuffix(".part"), unit="B", enabled=progress)
+        bar = Progress(source_size, desc=part.name.removesuffix(".part"), unit="B", enabled=progress, logger=log)
         try:
             with open(path, "rb") as source, open(part, "wb") as out:
                 while chunk := source.read(CHUNK):
@@ -311,57 +310,3 @@ def _write(out: BinaryIO, chunk: bytes, part: Path) -> None:
         raise PipelineError(
             f"cannot write {part} ({error.strerror}); fix that and rerun: the download resumes where it stopped"
         ) from None
-
-
-# --- progress -----------------------------------------------------------------------------------------
-
-class Progress:
-    """A tqdm bar when stderr is a terminal; otherwise (CI, DVC output in a log file) an INFO line on `logger`
-    every ~10 % or 30 s, since a bar redrawn with carriage returns turns a log into one huge line."""
-
-    LOG_EVERY_S = 30.0
-
-    def __init__(self, total: int | None, *, desc: str, unit: str, enabled: bool = True, initial: int = 0,
-                 logger: logging.Logger = log):
-        self.total, self.desc, self.unit, self.n, self.logger = total, desc, unit, initial, logger
-        self._bar = None
-        self._log = enabled and not sys.stderr.isatty()
-        if enabled and not self._log:
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit == "B",
-                             unit_divisor=1024, dynamic_ncols=True)
-        self._start_n, self._start_t = initial, time.monotonic()
-        self._logged_n, self._logged_t = initial, self._start_t
-
-    def update(self, n: int) -> None:
-        self.n += n
-        if self._bar is not None:
-            self._bar.update(n)
-        elif self._log:
-            now = time.monotonic()
-            step = self.total / 10 if self.total else float("inf")
-            if self.n - self._logged_n >= step or now - self._logged_t >= self.LOG_EVERY_S:
-                self._report(now)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        elif self._log and self.n != self._logged_n:
-            self._report(time.monotonic())
-
-    def _report(self, now: float) -> None:
-        """Like `1.50GB of 1.86GB (80%), 11.2MB/s, ETA 00:33` or `2331 of 5829 files (40%), 812 files/s, ...`."""
-        def amount(count: float) -> str:
-            return tqdm.format_sizeof(count, "B", 1024) if self.unit == "B" else f"{count:.0f}"
-
-        unit = "" if self.unit == "B" else f" {self.unit}"
-        rate = (self.n - self._start_n) / max(now - self._start_t, 1e-9)
-        text = amount(self.n)
-        if self.total:
-            text += f" of {amount(self.total)}{unit} ({100 * self.n / self.total:.0f}%)"
-        else:
-            text += unit
-        text += f", {amount(rate)}{unit}/s"
-        if self.total and rate > 0:
-            text += f", ETA {tqdm.format_interval((self.total - self.n) / rate)}"
-        self.logger.info("%s: %s", self.desc, text)
-        self._logged_n, self._logged_t = self.n, now

@@ -126,8 +126,11 @@ class Params:
             raise PipelineError(f"data.md5: must be 32 lowercase hex digits, got {self.data.md5!r}")
         if not self.data.urls:
             raise PipelineError("data.urls: list at least one URL, file:// URL or local path of the VOC tar")
-        for name in self.models:
-            self.train_for(name)  # validate every model's overrides now, not when its stage runs
+        from pipeline.models import validate
+
+        for name, model in self.models.items():
+            self.train_for(name)  # validate every model's overrides and options now, not when its stage runs
+            validate(model.architecture, model.options, where=f"models.{name}.options")
 
     def model_key(self, name: str) -> str:
         """The `models` key for `name`, matched case-insensitively so that the tutorial's `-m FCN` works."""

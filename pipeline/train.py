@@ -125,13 +125,12 @@ class _StopRequest:
 
 
 def _progress_bar(iterable, total: int, description: str, enabled: bool):
-    if not enabled:
+    """A tqdm bar with loss and img/s on a terminal; under DVC logs and CI the per-epoch log line is enough."""
+    if not (enabled and sys.stderr.isatty()):
         return iterable
     from tqdm import tqdm
 
-    # Plain periodic lines when stderr is not a terminal (DVC logs, CI): no carriage-return noise.
-    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True,
-                mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
 
 
 def train_model(
@@ -165,7 +164,7 @@ def train_model(
         raise PipelineError(f"models.{key}: batch size {cfg.batch_size} × {world.world_size} process(es) is larger "
                             f"than the {len(train_set)} training images: lower train.batch_size")
 
-    net = build(spec.architecture, num_classes=NUM_CLASSES, **spec.options)
+    net = build(spec.architecture, num_classes=NUM_CLASSES, where=f"models.{key}.options", **spec.options)
     if cfg.bn_momentum is not None:
         set_batchnorm_momentum(net, cfg.bn_momentum)
     if world.distributed and on_gpu:
@@ -247,8 +246,8 @@ def train_model(
                         steps.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
                     if stop.requested(world, device_):
                         if world.is_main:
-                            path = checkpoint.save(checkpoint_dir, _state(net, optimizer, scheduler, epoch - 1, step + 1,
-                                                                          tracker, run_hash, history), interrupted=True)
+                            checkpoint.save(checkpoint_dir, _state(net, optimizer, scheduler, epoch - 1, step + 1,
+                                                                   tracker, run_hash, history), interrupted=True)
                             status = "KILLED"
                         raise PipelineError(f"interrupted by {stop.signal_name} in epoch {epoch} after {step + 1} "
                                             f"batches; checkpoint saved to {checkpoint_dir}: rerun to resume")

@@ -1,0 +1,129 @@
+"""evaluate, render, predict and check_metrics as a user runs them, on a small untrained-but-fixed model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from pipeline.checkpoint import save_model
+from pipeline.data import VOCPrepared, prepare
+from pipeline.models import build
+from pipeline.regression import regressions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(voc_tree, tmp_path_factory) -> Path:
+    """A working directory with prepared data, a params.yaml listing one model, and that model's files."""
+    root = tmp_path_factory.mktemp("stages")
+    prepare(voc_tree, root / "data/prepared", workers=1, progress=False)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["models"] = {"unet": {"architecture": "unet", "options": {"width": 4}}}
+    val_ids = VOCPrepared(root / "data/prepared", "val").ids
+    raw["render"] = {"ids": val_ids[:2], "worst_k": 1}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    torch.manual_seed(0)
+    model = build("unet", width=4)
+    save_model(root / "models/unet/model.pt", model, architecture="unet", options={"width": 4}, num_classes=21)
+    (root / "models/unet/mlflow_run.json").write_text(json.dumps({"run_id": None}))
+    return root
+
+
+def stage(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    result = subprocess.run([sys.executable, "-m", *args], cwd=workdir, env=env, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics_predictions_and_is_deterministic(workdir):
+    stage(workdir, "stages.evaluate", "--model", "unet")
+    files = ["metrics/unet.json", "metrics/unet/per_class.csv", "metrics/unet/confusion.csv"]
+    first = {name: (workdir / name).read_bytes() for name in files}
+    metrics = json.loads(first["metrics/unet.json"])
+    assert 0 <= metrics["miou"] <= 1 and set(metrics["iou"]) >= {"background", "tvmonitor"}
+    confusion = (workdir / "metrics/unet/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "truth,prediction,pixels" and len(confusion) == 1 + 21 * 21
+
+    val = VOCPrepared(workdir / "data/prepared", "val")
+    pngs = sorted((workdir / "predictions/unet").glob("*.png"))
+    assert [p.stem for p in pngs] == sorted(val.ids)
+    with Image.open(pngs[0]) as png:
+        assert png.mode == "P" and png.size[::-1] == val.sizes[val.ids.index(pngs[0].stem)]
+
+    stage(workdir, "stages.evaluate", "--model", "unet")
+    assert {name: (workdir / name).read_bytes() for name in files} == first
+
+    from mlflow.tracking import MlflowClient  # the metrics also land in MLflow
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("voc-segmentation").experiment_id])
+    assert runs and runs[0].data.metrics["val_miou"] == pytest.approx(metrics["miou"])
+
+    stage(workdir, "stages.render", "--model", "unet")
+    assert len(list((workdir / "renders/unet").glob("*.png"))) == 3  # 2 chosen + 1 worst
+    stage(workdir, "stages.render", "--compare")
+    assert (workdir / "renders/compare.png").stat().st_size > 10_000
+
+
+def test_predict_handles_odd_inputs_and_names_the_unreadable_one(workdir, tmp_path):
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(inputs / "rgb.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 30, 4), dtype=np.uint8), "RGBA").save(inputs / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (33, 33), dtype=np.uint8), "L").save(inputs / "gray.png")
+    Image.fromarray(rng.integers(0, 65535, (31, 45), dtype=np.uint16)).save(inputs / "deep.png")  # 16-bit
+    (inputs / "broken.png").write_bytes(b"not an image")
+    result = stage(workdir, "stages.predict", "--model", "Unet", str(inputs / "*"), "--out", str(tmp_path / "out"),
+                   check=False)
+    assert result.returncode == 2
+    assert "broken.png: not a readable image" in result.stderr
+    assert "4 of 5 images segmented" in result.stdout
+    for name, size in {"rgb": (53, 37), "rgba": (30, 40), "gray": (33, 33), "deep": (45, 31)}.items():
+        with Image.open(tmp_path / "out" / f"{name}.png") as png:
+            assert png.mode == "P" and png.size == size
+            assert set(np.unique(np.array(png))) <= set(range(21))
+        assert (tmp_path / "out" / f"{name}_overlay.png").is_file()
+
+
+def test_sixteen_bit_input_is_scaled_not_clipped(tmp_path):
+    from pipeline.predict import read_rgb
+
+    ramp = np.linspace(0, 65535, 64 * 4, dtype=np.uint16).reshape(4, 64)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    rgb = read_rgb(tmp_path / "ramp.png")
+    assert rgb.shape == (4, 64, 3) and rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255
+    assert len(np.unique(rgb)) > 200  # PIL's own conversion would clip nearly all of it to 255
+
+
+def test_check_metrics_fails_on_a_planted_drop(workdir, tmp_path):
+    assert regressions({"fcn": 0.70}, {"fcn": 0.70}, 0.005) == []
+    assert regressions({"fcn": 0.697}, {"fcn": 0.70}, 0.005) == []
+    assert regressions({"fcn": 0.69}, {"fcn": 0.70}, 0.005) == ["fcn: mIoU fell from 0.7000 to 0.6900 (by 0.0100 > 0.005)"]
+    assert regressions({"fcn": 0.71}, {"fcn": 0.70}, 0.005, exact=True)[0].startswith("fcn: mIoU 0.710000 differs")
+    assert regressions({"new": 0.1}, {}, 0.005) == []
+
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    metrics = workdir / "metrics/unet.json"
+    if not metrics.exists():
+        stage(workdir, "stages.evaluate", "--model", "unet")
+    current = json.loads(metrics.read_text())
+    (baseline / "unet.json").write_text(json.dumps({**current, "miou": current["miou"]}))
+    assert "metrics check passed" in stage(workdir, "stages.check_metrics", "--baseline", str(baseline), "--exact").stdout
+    (baseline / "unet.json").write_text(json.dumps({**current, "miou": current["miou"] + 0.05}))
+    failed = stage(workdir, "stages.check_metrics", "--baseline", str(baseline), check=False)
+    assert failed.returncode == 2 and "error: val mIoU moved: unet: mIoU fell from" in failed.stderr
