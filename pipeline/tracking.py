@@ -136,8 +136,11 @@ class Tracker:
         )
         example = np.zeros((1, 3, 64, 64), dtype=np.float32)
         requirements = [f"torch=={torch.__version__.split('+')[0]}", "torchvision", "numpy"]
+        # Pickle, not MLflow 3's torch.export default: an exported program fixes the input size of the example
+        # and cannot be put in eval mode, and these networks take any image size.
         self._do("log the model", mlflow.pytorch.log_model, model.cpu().eval(), name="model",
-                 signature=signature, input_example=example, pip_requirements=requirements)
+                 signature=signature, input_example=example, pip_requirements=requirements,
+                 serialization_format="pickle")
 
     def close(self, status: str = "FINISHED") -> None:
         import mlflow

@@ -44,7 +44,7 @@ def main() -> None:
             label_to_png(prediction.to(torch.uint8).cpu().numpy()).save(out / f"{val.ids[index]}.png")
 
         run = evaluate(model, val, device, flip=config.evaluate.flip, scales=config.evaluate.scales,
-                       amp=device.type == "cuda", on_prediction=save)
+                       amp=device.type == "cuda", channels_last=device.type == "cuda", on_prediction=save)
     scores = run.confusion.compute()
     peak_mb = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20

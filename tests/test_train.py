@@ -114,6 +114,14 @@ def test_sigkill_mid_epoch_resumes_from_last_epoch_in_the_same_run(workdir, prep
     history = (workdir / "metrics/train/unet.csv").read_text().splitlines()
     assert history[0] == "epoch,loss,lr,val_miou,images_per_second" and len(history) == 3
 
+    # The logged model loads back from MLflow and takes any image size.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    from pipeline.tracking import load_logged_model
+
+    logged = load_logged_model(f"runs:/{run['run_id']}/model").eval()
+    with torch.no_grad():
+        assert logged(torch.zeros(1, 3, 37, 53)).shape == (1, 21, 37, 53)
+
 
 @pytest.mark.slow
 def test_sigterm_saves_a_mid_epoch_checkpoint_and_exits_nonzero(workdir, prepared):
@@ -132,6 +140,19 @@ def test_sigterm_saves_a_mid_epoch_checkpoint_and_exits_nonzero(workdir, prepare
     assert second.returncode == 0, output
     assert f"(epoch 1, {state['batches_done']} batches into the next)" in output
     assert not (workdir / "checkpoints/unet/interrupted.pt").exists()
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    from pipeline import checkpoint
+
+    for epoch in (1, 2):
+        checkpoint.save(tmp_path, {"epoch": epoch, "batches_done": 0, "params_hash": "h", "model": {}})
+    newest = tmp_path / "epoch-0002.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated, as by a full disk
+    state = checkpoint.load_latest(tmp_path, "h")
+    assert state["epoch"] == 1
+    assert any("epoch-0002.pt is unreadable" in record.message for record in caplog.records)
+    assert checkpoint.load_latest(tmp_path, "other params") is None  # never resumed under other params
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(prepared, tmp_path, monkeypatch):
