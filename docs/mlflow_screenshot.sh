@@ -21,5 +21,5 @@ PY
 )
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --hide-scrollbars \
-  --window-size=1500,1400 --virtual-time-budget=15000 \
+  --window-size=1500,2300 --virtual-time-budget=15000 \
   --screenshot=docs/mlflow-compare.png "http://127.0.0.1:$port/#/compare-runs?$query"
