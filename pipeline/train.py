@@ -34,7 +34,8 @@ from pipeline.voc import IGNORE_INDEX, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-# Keys that change how fast training runs, not what it computes: a checkpoint stays resumable across them.
+# Keys that change how fast training runs, not what it computes: a checkpoint stays resumable across them, and
+# they are tags rather than MLflow params (a param's value may not change when a run resumes elsewhere).
 _NOT_IN_HASH = ("workers", "device", "compile")
 
 
@@ -200,7 +201,7 @@ def train_model(
     if world.is_main:
         tracker = Tracker(params.tracking.experiment, run_id=state and state.get("run_id"), run_name=key)
         tracker.log_params({"model": key, "architecture": spec.architecture,
-                            **params_module.as_flat_dict(dataclasses.asdict(cfg), "train."),
+                            **params_module.as_flat_dict(train_hash, "train."),
                             **params_module.as_flat_dict(spec.options, "options.")})
         tracker.set_tags({**provenance_tags(str(prepared)), "model": key, "device": str(device_),
                           "world_size": world.world_size, "seed": cfg.seed, "params_hash": run_hash})
