@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+from pathlib import Path
 from typing import Callable
 
 from pipeline.errors import PipelineError
@@ -21,3 +23,8 @@ def run_stage(main: Callable[[], int | None]) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+def venv_tool(name: str) -> str:
+    """The command `name` (e.g. dvc) installed beside this interpreter, so it works without an activated venv."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or name

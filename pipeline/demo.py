@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from pipeline import params as params_module
+from pipeline.cli import venv_tool
 from pipeline.errors import PipelineError
 from pipeline.synthetic import write_voc_tar
 
@@ -76,7 +76,7 @@ def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], demo_file
     # Stage commands say `python`: make it this interpreter (the venv's) even when the venv is not activated.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    command = [shutil.which("dvc", path=bin_dir) or "dvc", "exp", "run", *set_param_flags(overrides)]
+    command = [venv_tool("dvc"), "exp", "run", *set_param_flags(overrides)]
     log.info("running: %s", " ".join(command))
     try:
         subprocess.run(command, check=True, env=env)

@@ -8,12 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import sys
 from pathlib import Path
 
 from pipeline import params
-from pipeline.cli import run_stage
+from pipeline.cli import run_stage, venv_tool
 from pipeline.errors import PipelineError
 from pipeline.regression import current_scores, regressions, scores_at_revision
 
@@ -32,8 +30,7 @@ def main() -> None:
     tolerance = config.evaluate.max_miou_drop if args.tolerance is None else args.tolerance
     current = current_scores(models)
     if args.against:
-        dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
-        baseline_scores = scores_at_revision(models, args.against, dvc)
+        baseline_scores = scores_at_revision(models, args.against, venv_tool("dvc"))
     else:
         baseline_scores = current_scores(models, args.baseline)
     for name in models:
