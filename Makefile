@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test demo repro ui bench check-metrics clean-demo
+.PHONY: setup test lint demo repro ui bench check-metrics clean-demo
 
 setup: $(STAMP)
 
@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
 
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 demo: $(STAMP)
-	$(BIN)/python -m stages.demo
+	$(BIN)/python -m tools.demo
 
 # The real thing: PASCAL VOC 2012 with params.yaml as committed (2 GB download, a GPU recommended).
 repro: $(STAMP)
@@ -32,10 +35,10 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 bench: $(STAMP)
-	$(BIN)/python -m stages.bench
+	$(BIN)/python -m tools.bench
 
 # Force the evaluation stages again and fail if any model's mIoU differs from what is in metrics/ now.
 check-metrics: $(STAMP)
 	rm -rf .demo/baseline && mkdir -p .demo/baseline && cp metrics/*.json .demo/baseline/
 	$(BIN)/dvc repro --force --single-item --glob 'evaluate@*'
-	$(BIN)/python -m stages.check_metrics --baseline .demo/baseline --exact
+	$(BIN)/python -m tools.check_metrics --baseline .demo/baseline --exact

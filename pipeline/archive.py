@@ -13,22 +13,22 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from pipeline.atomic import atomic_dir
-from pipeline.progress import Progress
 from pipeline.errors import PipelineError
+from pipeline.progress import Progress
 from pipeline.voc import ARCHIVE_ROOT, SPLITS
 
 log = logging.getLogger(__name__)
 
-TOP = ARCHIVE_ROOT.split("/")[0]  # "VOCdevkit": the directory that out_dir receives
+TOP = ARCHIVE_ROOT.split("/")[0]  # "VOCdevkit": the directory extracted as devkit_dir
 SPLIT_DIR = f"{ARCHIVE_ROOT}/ImageSets/Segmentation"
 LABEL_DIR = f"{ARCHIVE_ROOT}/SegmentationClass"
 IMAGE_DIR = f"{ARCHIVE_ROOT}/JPEGImages"
 
 
-def extract_segmentation(tar_path: str | os.PathLike, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
-    """Extract the segmentation subset of the VOC tar into `out_dir/VOCdevkit/VOC2012`, replacing any earlier
-    copy. Returns counts: ids per split file, and images, labels and files written."""
-    tar_path, out_dir = Path(tar_path), Path(out_dir)
+def extract_segmentation(tar_path: str | os.PathLike, devkit_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Extract the segmentation subset of the VOC tar as `devkit_dir` (the tar's `VOCdevkit`, holding `VOC2012`),
+    replacing any earlier copy. Returns counts: ids per split file, and images, labels and files written."""
+    tar_path, devkit_dir = Path(tar_path), Path(devkit_dir)
     if not tar_path.is_file():
         raise PipelineError(f"{tar_path}: not found; run the download stage first")
     try:
@@ -44,12 +44,12 @@ def extract_segmentation(tar_path: str | os.PathLike, out_dir: str | os.PathLike
                    if name.startswith(f"{SPLIT_DIR}/") and name.endswith(".txt") and member.isfile()}
             _check_splits(tar_path, ids)
             wanted = _select(tar_path, members, ids)
-            with atomic_dir(out_dir / TOP) as tmp:
+            with atomic_dir(devkit_dir) as tmp:
                 bar = Progress(len(wanted), desc=f"extract {tar_path.name}", unit="files", enabled=progress,
                                logger=log)
                 try:
                     for member in wanted:
-                        # Names lose their "VOCdevkit/" prefix because `tmp` stands in for out_dir/VOCdevkit.
+                        # Names lose their "VOCdevkit/" prefix because `tmp` stands in for devkit_dir.
                         # The "data" filter re-checks what `_check_safe` already enforced, as a second line.
                         tar.extract(member.replace(name=member.name[len(TOP) + 1:], deep=False), tmp,
                                     filter="data")
@@ -61,14 +61,14 @@ def extract_segmentation(tar_path: str | os.PathLike, out_dir: str | os.PathLike
     except tarfile.FilterError as error:
         raise _unsafe(tar_path, error.tarinfo.name, str(error)) from None
     except OSError as error:
-        raise PipelineError(f"cannot extract {tar_path} into {out_dir}: {error.strerror or error}") from None
+        raise PipelineError(f"cannot extract {tar_path} into {devkit_dir}: {error.strerror or error}") from None
 
     names = [member.name for member in wanted]
     counts = {PurePosixPath(name).stem: len(split) for name, split in sorted(ids.items())}
     counts["images"] = sum(name.startswith(f"{IMAGE_DIR}/") for name in names)
     counts["labels"] = sum(name.startswith(f"{LABEL_DIR}/") for name in names)
     counts["files"] = len(names)
-    log.info("extracted %d files into %s: %s", len(wanted), out_dir / ARCHIVE_ROOT, counts)
+    log.info("extracted %d files into %s: %s", len(wanted), devkit_dir, counts)
     return counts
 
 

@@ -7,8 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _umask() -> int:
@@ -63,3 +64,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON with sorted keys and a fixed layout, so reruns give byte-identical files."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def write_png(path: str | os.PathLike, image) -> None:
+    """Write a PIL image as PNG, atomically and without metadata (info dropped), so equal pixels give equal bytes."""
+    clean = image.copy()
+    clean.info = {}
+    with atomic_file(path) as tmp:
+        clean.save(tmp, format="PNG")

@@ -1,11 +1,14 @@
 """Training checkpoints (resume after a crash, a kill or Ctrl-C) and the final model file.
 
-A checkpoint is a plain dict (model, optimizer, scheduler, scaler, epoch, RNG states, MLflow run id, params
-hash, history), written atomically and loaded with `weights_only=True`, so a checkpoint can never run code.
+A checkpoint is a plain dict (model, optimizer, scheduler, epoch, RNG states, MLflow run id, params hash,
+history), written atomically and loaded with `weights_only=True`, so a checkpoint can never run code. Files are
+written through an open handle: `torch.save` to a path would put the (random) temporary file's name inside the
+archive, and identical weights would give different bytes, which DVC would see as a new model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,6 +21,8 @@ import torch
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import PipelineError
+from pipeline.models import build
+from pipeline.params import ModelOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,7 @@ def save(directory: Path, state: dict, *, interrupted: bool = False) -> Path:
     """Write `state` as `epoch-NNNN.pt` (a finished epoch) or `interrupted.pt` (mid-epoch), atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (INTERRUPTED if interrupted else f"epoch-{state['epoch']:04d}.pt")
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    _save(state, path)
     if not interrupted:
         (directory / INTERRUPTED).unlink(missing_ok=True)
         epochs = sorted(directory.glob("epoch-*.pt"))
@@ -93,7 +97,8 @@ def load_latest(directory: Path, expected_hash: str) -> dict | None:
     if not candidates:
         return None
     _, path, state = max(candidates, key=lambda c: c[0])
-    log.info("resuming from %s (epoch %d, %d batches into the next)", path, state["epoch"], state.get("batches_done", 0))
+    log.info("resuming from %s (epoch %d, %d batches into the next)", path, state["epoch"],
+             state.get("batches_done", 0))
     return state
 
 
@@ -106,21 +111,25 @@ def clear(directory: Path) -> None:
 
 # --- the final model file: what evaluate, render and predict load ----------------------------------------
 
-def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: dict, num_classes: int) -> None:
+def _save(state: dict, path: Path) -> None:
+    with atomic_file(path) as tmp, open(tmp, "wb") as file:
+        torch.save(state, file)
+
+
+def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: ModelOptions,
+               num_classes: int) -> None:
+    """The trained network as a plain dict: what to rebuild (architecture, options) and its state dict."""
     state = {
         "architecture": architecture,
-        "options": options,
+        "options": dataclasses.asdict(options),
         "num_classes": num_classes,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    _save(state, path)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on `device`."""
-    from pipeline.models import build
-
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no trained model here; run `dvc repro train@<model>` first")
@@ -129,8 +138,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn
     except Exception as error:
         raise PipelineError(f"{path}: not a readable model file ({error}); rerun the train stage") from None
     # The trained weights replace any backbone initialisation: never fetch ImageNet weights just to load.
-    options = {key: value for key, value in state["options"].items() if key != "weights_sha256"}
-    options["pretrained"] = "none"
+    options = {key: value for key, value in state["options"].items() if key not in ("pretrained", "weights_sha256")}
     model = build(state["architecture"], num_classes=state["num_classes"], **options)
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()

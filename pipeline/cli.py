@@ -1,19 +1,25 @@
-"""What every stage script shares: one-line errors at the boundary, and logging set-up."""
+"""What every stage and tool shares: one-line errors at the boundary, logging set-up, and path options."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pipeline.errors import PipelineError
+from pipeline.layout import ModelPaths, model_paths
+
+_PATH_HELP = {field.name: field.name.replace("_", " ") for field in dataclasses.fields(ModelPaths)}
 
 
 def run_stage(main: Callable[[], int | None]) -> None:
     """Run a stage's `main`; a `PipelineError` becomes one line on stderr and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     try:
         status = main()
     except PipelineError as error:
@@ -23,6 +29,19 @@ def run_stage(main: Callable[[], int | None]) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+def add_model_path_options(parser: argparse.ArgumentParser, *names: str) -> None:
+    """`--model-file`, `--run-file`, … for the `ModelPaths` fields `names`; unset, they default to
+    `pipeline.layout.model_paths(<model key>)`."""
+    group = parser.add_argument_group("paths (default: pipeline/layout.py for the model; dvc.yaml passes them)")
+    for name in names:
+        group.add_argument(f"--{name.replace('_', '-')}", type=Path, metavar="PATH", help=_PATH_HELP[name])
+
+
+def model_paths_from(args: argparse.Namespace, key: str) -> ModelPaths:
+    """The model's paths, with those given on the command line in place of the defaults."""
+    return model_paths(key, **{name: getattr(args, name, None) for name in _PATH_HELP})
 
 
 def venv_tool(name: str) -> str:

@@ -35,9 +35,9 @@ Sample = tuple[str, str, int, int, int]
 
 
 def voc_dir(voc_root: str | os.PathLike) -> Path:
-    """The `VOC2012` directory, given either it or the directory that holds `VOCdevkit/VOC2012` (e.g. `data/`)."""
+    """The `VOC2012` directory, given it, the `VOCdevkit` holding it, or the directory holding `VOCdevkit`."""
     root = Path(voc_root)
-    for candidate in (root / ARCHIVE_ROOT, root):
+    for candidate in (root / ARCHIVE_ROOT, root / Path(ARCHIVE_ROOT).name, root):
         if (candidate / "ImageSets" / "Segmentation").is_dir():
             return candidate
     raise PipelineError(f"{root}: no {ARCHIVE_ROOT}/ImageSets/Segmentation in it; "
@@ -121,7 +121,8 @@ def _read_split(source: Path, split: str) -> list[str]:
     try:
         ids = path.read_text().split()
     except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; the extracted archive is incomplete, run the extract stage again") from None
+        raise PipelineError(f"{path}: missing; the extracted archive is incomplete, run the extract stage "
+                            "again") from None
     if not ids:
         raise PipelineError(f"{path}: lists no ids; the extracted archive is damaged, run the extract stage again")
     return ids
@@ -186,11 +187,11 @@ def _pixels(path: str, *, rgb: bool) -> np.ndarray:
 
 
 def _sha256(*paths: Path) -> str:
+    """The sha256 of the files' bytes one after the other."""
     digest = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
+            hashlib.file_digest(f, lambda: digest)  # feeds `digest` itself
     return digest.hexdigest()
 
 
@@ -209,10 +210,12 @@ class VOCPrepared(torch.utils.data.Dataset):
         except FileNotFoundError:
             raise PipelineError(f"{index_path}: missing; run the prepare stage first (dvc repro prepare)") from None
         except json.JSONDecodeError:
-            raise PipelineError(f"{index_path}: not valid JSON; run the prepare stage again (dvc repro prepare)") from None
+            raise PipelineError(f"{index_path}: not valid JSON; run the prepare stage again "
+                                "(dvc repro prepare)") from None
         self.ids: list[str] = index["ids"]
         self.sizes: list[tuple[int, int]] = list(zip(index["heights"], index["widths"]))
-        self._offsets: list[int] = index["label_offsets"]
+        self._label_offsets: list[int] = index["label_offsets"]
+        self._image_offsets: list[int] = index["image_offsets"]
         self._images: np.ndarray | None = None
         self._labels: np.ndarray | None = None
 
@@ -227,10 +230,10 @@ class VOCPrepared(torch.utils.data.Dataset):
             self._images = np.load(self.dir / "images.npy", mmap_mode="r")
             self._labels = np.load(self.dir / "labels.npy", mmap_mode="r")
         height, width = self.sizes[i]
-        offset = self._offsets[i]
+        image_at, label_at = self._image_offsets[i], self._label_offsets[i]
         # np.array copies: the tensors must own writable memory, not alias the read-only mapping.
-        image = np.array(self._images[3 * offset:3 * (offset + height * width)]).reshape(3, height, width)
-        label = np.array(self._labels[offset:offset + height * width]).reshape(height, width)
+        image = np.array(self._images[image_at:image_at + 3 * height * width]).reshape(3, height, width)
+        label = np.array(self._labels[label_at:label_at + height * width]).reshape(height, width)
         return torch.from_numpy(image), torch.from_numpy(label)
 
     def __getstate__(self) -> dict:

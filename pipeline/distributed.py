@@ -1,4 +1,4 @@
-"""Process-group set-up for `torchrun` (one process per GPU, one or many nodes) and device choice.
+"""Process-group set-up for `torchrun` (one process per GPU, one or many nodes).
 
 Launched without torchrun everything here is a no-op: world size 1, rank 0.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import PipelineError
+from pipeline.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -28,24 +28,6 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """`auto` → the local rank's GPU when CUDA is usable, else the CPU; `cuda` under torchrun → `cuda:<local_rank>`."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PipelineError(
-                f"device {spec!r} asked for, but no CUDA GPU is visible to torch "
-                "(torch.cuda.is_available() is False): use --device cpu or train.device: auto"
-            )
-        index = int(spec.split(":")[1]) if ":" in spec else local_rank
-        if index >= torch.cuda.device_count():
-            raise PipelineError(f"device cuda:{index} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
 
 
 def init_from_env(device_spec: str) -> tuple[World, torch.device]:

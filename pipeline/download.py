@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
 
@@ -285,11 +284,8 @@ def _mismatch(size: int, digest: str, want: _Want) -> str | None:
 
 def _md5_hasher(path: Path):
     """A hashlib md5 object fed with the whole file, ready to be fed the bytes that follow it."""
-    md5 = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as file:
-        while chunk := file.read(CHUNK):
-            md5.update(chunk)
-    return md5
+        return hashlib.file_digest(file, lambda: hashlib.md5(usedforsecurity=False))
 
 
 def _md5_of(path: Path) -> str:

@@ -8,7 +8,7 @@ only to rank images for rendering, never to report.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -118,6 +118,7 @@ def per_image_iou(
     NaN when every pixel is void. For ranking images to render only: the reported metric is the accumulated one.
     """
     # ascontiguousarray: torch cannot wrap numpy views with negative strides (a flipped label, say).
-    pred, target = (torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x) for x in (pred, target))
+    pred, target = (torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
+                    for x in (pred, target))
     matrix = _confusion(pred, target, num_classes)
     return _mean(_ious(matrix.cpu().numpy().astype(np.float64)))

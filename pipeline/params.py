@@ -1,12 +1,15 @@
 """params.yaml → one validated, typed `Params` object. Every check happens here, before any work starts.
 
 A mistake (unknown key, wrong type, value out of range, unknown model) is a `PipelineError` naming the key
-and what is allowed, e.g. ``params.yaml: train.lr: must be > 0, got -1``.
+and what is allowed, e.g. ``params.yaml: train.lr: must be > 0, got -1``. Model options are typed per
+architecture (`FCNOptions`, `UNetOptions`, `DeepLabOptions`) and checked here too; this module imports no model
+code, so the data stages load params without torchvision.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -17,8 +20,6 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.errors import PipelineError
-
-ARCHITECTURES = ("fcn", "unet", "deeplab")
 
 
 def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
@@ -78,13 +79,84 @@ class TrainParams:
             raise PipelineError(f"device: must be one of auto, cpu, cuda, cuda:N, got {self.device!r}")
 
 
+def _check_weights_source(pretrained: str, weights_sha256: str | None) -> None:
+    """`pretrained`: imagenet | none | a local file, which must come with its sha256 (checked when it is loaded)."""
+    if pretrained in ("imagenet", "none"):
+        if weights_sha256 is not None:
+            raise PipelineError(f"weights_sha256: only used with a local weights file, not with pretrained: "
+                                f"{pretrained}; remove it")
+    elif weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", weights_sha256):
+        raise PipelineError(f"weights_sha256: must be 64 hexadecimal digits, got {weights_sha256!r}")
+
+
+@dataclass(frozen=True)
+class FCNOptions:
+    """`models.<name>.options` of an FCN: fcn32s (d2l's ResNet-18) or fcn8s (ResNet-34 with the paper's skips)."""
+
+    variant: Literal["fcn32s", "fcn8s"] = "fcn32s"
+    pretrained: str = field(default="none", metadata={"doc": "imagenet, none or the path of a weights file"})
+    weights_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_weights_source(self.pretrained, self.weights_sha256)
+
+
+@dataclass(frozen=True)
+class UNetOptions:
+    """`models.<name>.options` of a U-Net: base width (64 in the paper) and how the decoder upsamples."""
+
+    width: int = field(default=64, metadata=_range(1))
+    upsampling: Literal["bilinear", "transpose"] = "bilinear"
+    pretrained: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.pretrained != "none":
+            raise PipelineError(f"pretrained: must be none (U-Net has no pretrained backbone; it is trained from "
+                                f"scratch), got {self.pretrained!r}")
+
+
+@dataclass(frozen=True)
+class DeepLabOptions:
+    """`models.<name>.options` of a DeepLabV3. `aux_loss` defaults to on, except for resnet18, which has no head:
+    torchvision's segmentation reference trains its three DeepLabV3 models with the auxiliary loss."""
+
+    backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large", "resnet18"] = "resnet50"
+    aux_loss: bool | None = None
+    pretrained: str = field(default="none", metadata={"doc": "imagenet, none or the path of a weights file"})
+    weights_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.aux_loss is None:
+            object.__setattr__(self, "aux_loss", self.backbone != "resnet18")
+        if self.aux_loss and self.backbone == "resnet18":
+            raise PipelineError("aux_loss: backbone resnet18 has no auxiliary head; set aux_loss: false or remove it")
+        _check_weights_source(self.pretrained, self.weights_sha256)
+
+
+ModelOptions = FCNOptions | UNetOptions | DeepLabOptions
+OPTIONS_BY_ARCHITECTURE: dict[str, type] = {"fcn": FCNOptions, "unet": UNetOptions, "deeplab": DeepLabOptions}
+
+
+def model_options(architecture: str, raw: Any, where: str = "options") -> ModelOptions:
+    """The typed options of `architecture` (case-insensitive: the tutorial's FCN, Unet, Deeplab) from a mapping;
+    `where` prefixes messages, e.g. ``options.variant: must be one of fcn32s, fcn8s, got 'x'``."""
+    cls = OPTIONS_BY_ARCHITECTURE.get(architecture.lower() if isinstance(architecture, str) else architecture)
+    if cls is None:
+        raise PipelineError(f"unknown model {architecture!r}: must be one of {', '.join(OPTIONS_BY_ARCHITECTURE)}")
+    return _build(cls, raw, where)
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """One entry of `models`: which architecture, its constructor options, and its training overrides."""
+    """One entry of `models`: which architecture, its typed constructor options, and its training overrides."""
 
     architecture: Literal["fcn", "unet", "deeplab"]
-    options: dict[str, Any] = field(default_factory=dict)
+    options: ModelOptions | dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.options, dict):
+            object.__setattr__(self, "options", model_options(self.architecture, self.options))
 
 
 @dataclass(frozen=True)
@@ -126,11 +198,8 @@ class Params:
             raise PipelineError(f"data.md5: must be 32 lowercase hex digits, got {self.data.md5!r}")
         if not self.data.urls:
             raise PipelineError("data.urls: list at least one URL, file:// URL or local path of the VOC tar")
-        from pipeline.models import validate
-
-        for name, model in self.models.items():
-            self.train_for(name)  # validate every model's overrides and options now, not when its stage runs
-            validate(model.architecture, model.options, where=f"models.{name}.options")
+        for name in self.models:
+            self.train_for(name)  # check every model's overrides now, not when its stage runs
 
     def model_key(self, name: str) -> str:
         """The `models` key for `name`, matched case-insensitively so that the tutorial's `-m FCN` works."""
@@ -215,8 +284,10 @@ def _check(hint: Any, value: Any, key: str, meta: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check(inner, value, key, meta)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # `ModelParams.options`: read as a mapping here, typed by its `__post_init__`
+            inner = [a for a in inner if typing.get_origin(a) is dict]
+        return _check(inner[0], value, key, meta)
     if origin is Literal:
         if value not in args:
             raise PipelineError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -239,8 +310,8 @@ def _check(hint: Any, value: Any, key: str, meta: Any) -> Any:
         return value
     if hint in (int, float):
         ok = isinstance(value, int) if hint is int else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            raise PipelineError(f"{key}: must be {'an integer' if hint is int else 'a number'}, got {value!r}")
+        if isinstance(value, bool) or not ok or not math.isfinite(value):
+            raise PipelineError(f"{key}: must be {'an integer' if hint is int else 'a finite number'}, got {value!r}")
         _check_range(value, key, meta)
         return hint(value)
     if hint is str:

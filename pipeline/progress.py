@@ -13,16 +13,17 @@ log = logging.getLogger(__name__)
 
 class Progress:
     """A tqdm bar when stderr is a terminal; otherwise (CI, DVC output in a log file) an INFO line on `logger`
-    every ~10 % or 30 s, since a bar redrawn with carriage returns turns a log into one huge line."""
+    every ~10 % or 30 s, since a bar redrawn with carriage returns turns a log into one huge line. With
+    `log_lines=False` nothing is logged off a terminal (for loops that log their own summary, like an epoch)."""
 
     LOG_EVERY_S = 30.0
 
     def __init__(self, total: int | None, *, desc: str, unit: str, enabled: bool = True, initial: int = 0,
-                 logger: logging.Logger = log):
+                 logger: logging.Logger = log, log_lines: bool = True):
         self.total, self.desc, self.unit, self.n, self.logger = total, desc, unit, initial, logger
         self._bar = None
-        self._log = enabled and not sys.stderr.isatty()
-        if enabled and not self._log:
+        self._log = enabled and log_lines and not sys.stderr.isatty()
+        if enabled and sys.stderr.isatty():
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit == "B",
                              unit_divisor=1024, dynamic_ncols=True)
         self._start_n, self._start_t = initial, time.monotonic()
@@ -38,7 +39,16 @@ class Progress:
             if self.n - self._logged_n >= step or now - self._logged_t >= self.LOG_EVERY_S:
                 self._report(now)
 
-    def __enter__(self) -> "Progress":
+    @property
+    def on_terminal(self) -> bool:
+        return self._bar is not None
+
+    def set_postfix(self, **values: str) -> None:
+        """Extra figures shown after the bar (e.g. the loss); only on a terminal."""
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=False)
+
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

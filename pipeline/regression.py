@@ -29,7 +29,8 @@ def scores_at_revision(models: list[str], revision: str, dvc: str = "dvc") -> di
                                 text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
-        raise PipelineError(f"`dvc metrics diff {revision}` failed: {detail.strip().splitlines()[-1] if detail.strip() else error}") from None
+        last_line = detail.strip().splitlines()[-1] if detail.strip() else error
+        raise PipelineError(f"`dvc metrics diff {revision}` failed: {last_line}") from None
     diff = json.loads(result.stdout or "{}")
     diff = diff.get("diff", diff)
     old = {}

@@ -1,5 +1,5 @@
-"""Pictures of labels and predictions: VOC palette PNGs, overlays, per-image panels, model comparison grids and the
-training figures logged as MLflow artefacts.
+"""Pictures of labels and predictions: overlays, per-image panels and model comparison grids, and the render
+stages' work of choosing the images and writing them.
 
 Everything is deterministic for the same inputs (fixed sizes, the font bundled with matplotlib, PNGs written by PIL
 without metadata), so DVC sees an unchanged output as unchanged and reruns hit the cache.
@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import functools
 import math
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_dir, write_png
+from pipeline.data import VOCPrepared
 from pipeline.errors import PipelineError
-from pipeline.voc import CLASSES, IGNORE_INDEX, flat_palette, palette
+from pipeline.metrics import per_image_iou
+from pipeline.voc import CLASSES, IGNORE_INDEX, palette
 
 MARGIN = 12
 GAP = 8
@@ -49,27 +47,6 @@ def _check_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if image.dtype != np.uint8 or image.shape != (*shape, 3):
         raise ValueError(f"expected an H×W×3 uint8 image of size {shape}, got {image.dtype} {image.shape}")
     return image
-
-
-def label_to_png(label: np.ndarray) -> Image.Image:
-    """An 8-bit palette image whose pixel values are the class indices (255 = void), coloured with the VOC
-    palette: the format of the dataset's SegmentationClass files and of the VOC evaluation server."""
-    label = np.ascontiguousarray(_check_label(label))
-    image = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
-    image.putpalette(flat_palette())
-    return image
-
-
-def save_png(path: str | os.PathLike, image: Image.Image) -> None:
-    """Write a PNG atomically and without metadata (info dropped), so equal pixels give equal bytes."""
-    clean = image.copy()
-    clean.info = {}
-    with atomic_file(path) as tmp:
-        clean.save(tmp, format="PNG")
-
-
-def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
-    save_png(path, label_to_png(label))
 
 
 def colorize(label: np.ndarray) -> np.ndarray:
@@ -105,7 +82,7 @@ def _errors(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> tup
     return tile, share
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
     # matplotlib ships DejaVu Sans, so every machine with the project's dependencies renders the same glyphs.
     name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
@@ -261,68 +238,6 @@ def compare_grid(
     return _with_margin(_vstack([grid, _legend(_present(all_labels), grid.width)], gap=2 * GAP))
 
 
-def _figure_to_image(figure: Figure) -> Image.Image:
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
-
-
-def confusion_figure(matrix: np.ndarray, class_names: Sequence[str] = CLASSES) -> Image.Image:
-    """Heatmap of the confusion matrix with each ground-truth row normalised to 1 (the diagonal is the recall);
-    classes without ground-truth pixels are left blank, cells of at least 1 % are labelled in percent."""
-    matrix = np.asarray(matrix.cpu() if hasattr(matrix, "cpu") else matrix, dtype=np.float64)
-    n = len(class_names)
-    if matrix.shape != (n, n):
-        raise ValueError(f"confusion matrix of shape {matrix.shape} does not match {n} class names")
-    totals = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, totals, out=np.full_like(matrix, math.nan), where=totals > 0)
-    size = max(6.0, 0.38 * n + 2.5)
-    figure = Figure(figsize=(size + 1.2, size), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    cmap = matplotlib.colormaps["Blues"].with_extremes(bad=(0.93, 0.93, 0.93))
-    shown = axes.imshow(np.ma.masked_invalid(normalised), cmap=cmap, vmin=0.0, vmax=1.0)
-    for (row, col), value in np.ndenumerate(normalised):
-        if value >= 0.01:
-            axes.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=7,
-                      color="white" if value > 0.5 else "black")
-    axes.set_xticks(range(n), class_names, rotation=60, ha="right", rotation_mode="anchor", fontsize=9)
-    axes.set_yticks(range(n), class_names, fontsize=9)
-    axes.set_xlabel("prediction")
-    axes.set_ylabel("ground truth")
-    axes.set_title("Confusion matrix, % of each ground-truth class")
-    figure.colorbar(shown, ax=axes, fraction=0.04, pad=0.02)
-    return _figure_to_image(figure)
-
-
-def history_figure(rows: Sequence[dict]) -> Image.Image:
-    """Train loss, learning rate and validation mIoU per epoch; epochs without a value (no validation that
-    epoch, a None or NaN) are skipped rather than drawn as zero."""
-    figure = Figure(figsize=(13, 3.8), dpi=100, layout="constrained")
-    for axes, key, label in zip(figure.subplots(1, 3), ("loss", "lr", "val_miou"), ("train loss", "learning rate",
-                                                                                  "val mIoU")):
-        points = [(row["epoch"], float(row[key])) for row in rows
-                  if row.get(key) is not None and not math.isnan(float(row[key]))]
-        axes.set_title(label)
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if not points:
-            axes.text(0.5, 0.5, "no values", ha="center", va="center", transform=axes.transAxes, color="grey")
-            continue
-        epochs, values = zip(*points)
-        axes.plot(epochs, values, marker="o" if key == "val_miou" else None, markersize=4)
-        if key == "lr":
-            axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        if key == "val_miou":
-            best = int(np.argmax(values))
-            axes.plot(epochs[best], values[best], marker="*", markersize=12, color="tab:orange")
-            # Anchored on the side facing the plot's middle, so a best value at either end stays inside.
-            axes.annotate(f"best {values[best]:.3f} (epoch {epochs[best]})", (epochs[best], values[best]),
-                          textcoords="offset points", xytext=(0, -16), fontsize=9,
-                          ha="right" if best >= len(values) / 2 else "left")
-    return _figure_to_image(figure)
-
-
 def choose_ids(val_ids: Sequence[str], fixed: Sequence[str], image_scores: dict[str, float], worst_k: int) -> list[str]:
     """The fixed ids (every one must be a val id) followed by the `worst_k` other images with the lowest
     per-image IoU: the same images for every model, plus where each model fails most."""
@@ -334,3 +249,52 @@ def choose_ids(val_ids: Sequence[str], fixed: Sequence[str], image_scores: dict[
     scored = [(score, image_id) for image_id, score in image_scores.items() if image_id not in fixed and score == score]
     worst = [image_id for _, image_id in sorted(scored)[:worst_k]]
     return list(fixed) + worst
+
+
+# --- the render stages' work ---------------------------------------------------------------------------------
+
+def _prediction(predictions_dir: Path, image_id: str) -> np.ndarray:
+    path = Path(predictions_dir) / f"{image_id}.png"
+    if not path.is_file():
+        raise PipelineError(f"{path}: missing; run the evaluate stage of that model first (dvc repro evaluate@<model>)")
+    with Image.open(path) as png:
+        return np.array(png)
+
+
+def _sample(val: VOCPrepared, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    image, label = val[val.ids.index(image_id)]
+    return image.permute(1, 2, 0).numpy(), label.numpy()
+
+
+def render_model(key: str, val: VOCPrepared, predictions_dir: Path, out_dir: Path, fixed_ids: Sequence[str],
+                 worst_k: int) -> list[str]:
+    """One panel per chosen val image (`fixed_ids`, then the model's `worst_k` by per-image IoU) into `out_dir`,
+    replaced as a whole; returns the ids drawn, in order."""
+    scores = {image_id: per_image_iou(_prediction(predictions_dir, image_id), val[i][1].numpy())
+              for i, image_id in enumerate(val.ids)}
+    chosen = choose_ids(val.ids, fixed_ids, scores, worst_k)
+    with atomic_dir(out_dir) as out:
+        for rank, image_id in enumerate(chosen):
+            image, truth = _sample(val, image_id)
+            kind = "chosen" if image_id in fixed_ids else "worst"
+            title = f"{key} · {image_id} · image IoU {scores[image_id]:.3f} ({kind})"
+            write_png(out / f"{rank:02d}-{image_id}.png",
+                      panel(image, truth, _prediction(predictions_dir, image_id), title=title))
+    return chosen
+
+
+def render_comparison(val: VOCPrepared, predictions_dirs: dict[str, Path], out_file: Path,
+                      fixed_ids: Sequence[str]) -> list[str]:
+    """The `fixed_ids` val images side by side across the models of `predictions_dirs` (model → directory of
+    its predictions), written to `out_file`; returns the ids drawn."""
+    ids = choose_ids(val.ids, fixed_ids, {}, 0)
+    if not ids:
+        raise PipelineError("render.ids: empty; list the val ids to compare across models")
+    samples = [_sample(val, image_id) for image_id in ids]
+    predictions = {key: [_prediction(directory, image_id) for image_id in ids]
+                   for key, directory in predictions_dirs.items()}
+    scores = {key: [per_image_iou(pred, truth) for pred, (_, truth) in zip(maps, samples)]
+              for key, maps in predictions.items()}
+    grid = compare_grid([s[0] for s in samples], [s[1] for s in samples], predictions, ids, scores=scores)
+    write_png(out_file, grid)
+    return ids

@@ -206,4 +206,5 @@ def load_logged_model(model_uri: str):
     try:
         return mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except Exception as error:
-        raise PipelineError(f"{model_uri}: could not load it from MLflow at {tracking_uri()} ({str(error).splitlines()[0]})") from None
+        raise PipelineError(f"{model_uri}: could not load it from MLflow at {tracking_uri()} "
+                            f"({str(error).splitlines()[0]})") from None

@@ -1,7 +1,10 @@
 """The one training loop for every model: differences between FCN, U-Net and DeepLab are params, not branches.
 
-Read top to bottom: set-up (devices, data, model, optimiser, schedule), resume, then the epoch loop
-(train → validate → checkpoint → log). Runs unchanged on the CPU, one GPU, or many under `torchrun`.
+`train_model` reads top to bottom as its phases: `set_up` (runtime, data, model, optimiser, schedule), `resume`
+(the newest checkpoint trained with the same params and data), `start_tracking`, then per epoch
+`train_one_epoch` → `validate` → `checkpoint.save` → `log_epochs`, and `finish` (summary, figures, the MLflow
+model). The step itself is `pipeline.optimization.train_step`, shared with `make bench`. Runs unchanged on the CPU,
+one GPU, or many under `torchrun`.
 """
 
 from __future__ import annotations
@@ -9,28 +12,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import random
 import signal
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from pipeline import checkpoint, distributed, params as params_module
-from pipeline.augment import collate_samples, train_batch
+from pipeline import checkpoint, distributed
+from pipeline.augment import collate_samples
 from pipeline.data import VOCPrepared
 from pipeline.errors import PipelineError
-from pipeline.evaluate import autocast_for, evaluate
+from pipeline.evaluation import evaluate
+from pipeline.figures import history_figure
 from pipeline.models import build, set_batchnorm_momentum
+from pipeline.optimization import NonFiniteLoss, make_optimizer, make_scheduler, train_step
+from pipeline.params import Params, TrainParams, as_flat_dict
+from pipeline.progress import Progress
+from pipeline.runtime import Runtime, resolve
 from pipeline.tracking import Tracker, provenance_tags
-from pipeline.voc import IGNORE_INDEX, NUM_CLASSES
+from pipeline.voc import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -49,42 +54,210 @@ class TrainResult:
     is_main: bool = True
 
 
-def segmentation_loss(outputs, labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """Cross-entropy over labelled pixels (255 = void is ignored), plus the weighted auxiliary head's loss."""
-    if isinstance(outputs, dict):
-        loss = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX)
-        if "aux" in outputs and aux_weight > 0:
-            loss = loss + aux_weight * F.cross_entropy(outputs["aux"].float(), labels, ignore_index=IGNORE_INDEX)
-        return loss
-    return F.cross_entropy(outputs.float(), labels, ignore_index=IGNORE_INDEX)
+@dataclass
+class Session:
+    """Everything `set_up` builds for one model's training: read by every later phase."""
+
+    key: str
+    recipe: TrainParams
+    world: distributed.World
+    runtime: Runtime
+    train_set: VOCPrepared
+    val_set: VOCPrepared
+    iters_per_epoch: int
+    net: torch.nn.Module  # the bare network: what is checkpointed, validated and saved
+    model: torch.nn.Module  # what the step calls: `net`, wrapped in DDP and/or compiled as asked
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: DistributedSampler
+    run_hash: str
+    checkpoint_dir: Path
+    history: list[dict] = field(default_factory=list)
+    resumed_run_id: str | None = None  # the MLflow run of the checkpoint resumed from
 
 
-def lr_factor(cfg: params_module.TrainParams, iters_per_epoch: int):
-    """Per-iteration LR multiplier: linear warm-up, then poly (torchvision's reference, power 0.9), cosine or flat."""
-    total = cfg.epochs * iters_per_epoch
-    warmup = min(cfg.warmup_epochs * iters_per_epoch, total - 1)
+def train_model(key: str, params: Params, *, prepared: Path, checkpoint_dir: Path, device: str | None = None,
+                progress: bool = True) -> TrainResult:
+    """Train the model `key` of `params` on the prepared data; returns the trained network (on the CPU, in eval
+    mode), its per-epoch history and summary. `device` overrides `train.device`."""
+    session = set_up(key, params, prepared, checkpoint_dir, device)
+    first_epoch, skip_batches = resume(session)
+    tracker = start_tracking(session, params, prepared) if session.world.is_main else None
+    stop = _StopRequest()
+    try:
+        with stop:
+            for epoch in range(first_epoch, session.recipe.epochs + 1):
+                row = train_one_epoch(session, epoch, skip_batches, stop, tracker, progress)
+                skip_batches = 0
+                if epoch % session.recipe.val_every == 0 or epoch == session.recipe.epochs:
+                    row["val_miou"] = validate(session)
+                session.history.append(row)
+                if session.world.is_main:
+                    checkpoint.save(session.checkpoint_dir, _state(session, epoch, 0, tracker))
+                    log_epochs(tracker, session.history)
+                    _log_line(session, row)
+    except BaseException:
+        if tracker is not None:
+            tracker.close("KILLED" if stop.signal_name else "FAILED")
+        raise
+    return finish(session, tracker, params.tracking.experiment)
 
-    def factor(iteration: int) -> float:
-        if iteration < warmup:
-            return 0.01 + 0.99 * iteration / warmup
-        progress = min((iteration - warmup) / max(1, total - warmup), 1.0)
-        if cfg.lr_schedule == "poly":
-            return (1 - progress) ** cfg.poly_power
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
 
-    return factor
+# --- the phases, in the order they run ------------------------------------------------------------------------
+
+def set_up(key: str, params: Params, prepared: Path, checkpoint_dir: Path, device: str | None) -> Session:
+    """Runtime, seeds, data, network, optimiser and schedule, before any checkpoint is looked at."""
+    model_params = params.model(key)
+    recipe = params.train_for(key)
+    if device is not None:
+        recipe = dataclasses.replace(recipe, device=device)
+    world, torch_device = distributed.init_from_env(recipe.device)
+    policy = resolve(torch_device, amp=recipe.amp, channels_last=recipe.channels_last, compile=recipe.compile,
+                     training=True)
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)  # identical initial weights on every rank
+
+    train_set, val_set = VOCPrepared(prepared, "train"), VOCPrepared(prepared, "val")
+    iters_per_epoch = len(train_set) // (recipe.batch_size * world.world_size)
+    if iters_per_epoch == 0:
+        raise PipelineError(f"models.{key}: batch size {recipe.batch_size} × {world.world_size} process(es) is "
+                            f"larger than the {len(train_set)} training images: lower train.batch_size")
+
+    net = build(model_params.architecture, model_params.options, num_classes=NUM_CLASSES,
+                where=f"models.{key}.options")
+    if recipe.bn_momentum is not None:
+        set_batchnorm_momentum(net, recipe.bn_momentum)
+    if world.distributed and policy.on_gpu:
+        # BatchNorm statistics over the global batch; PyTorch's SyncBatchNorm exists for CUDA only, so on the
+        # CPU (gloo) each rank keeps its own statistics and DDP broadcasts rank 0's at every forward.
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = policy.place_model(net)
+    optimizer = make_optimizer(net, recipe)
+    scheduler = make_scheduler(optimizer, recipe, iters_per_epoch)
+    model = net
+    if world.distributed:
+        model = DistributedDataParallel(net, device_ids=[torch_device.index] if policy.on_gpu else None)
+    if policy.compile:
+        model = torch.compile(model)
+    sampler = DistributedSampler(train_set, num_replicas=world.world_size, rank=world.rank, shuffle=True,
+                                 seed=recipe.seed, drop_last=True)
+    run_hash = checkpoint.params_hash(_hashed(recipe), dataclasses.asdict(model_params), data_fingerprint(prepared))
+    return Session(key, recipe, world, policy, train_set, val_set, iters_per_epoch, net, model, optimizer,
+                   scheduler, sampler, run_hash, checkpoint_dir)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: params_module.TrainParams) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def resume(session: Session) -> tuple[int, int]:
+    """Load the newest checkpoint trained with the same params and data, if any (rank 0 reads it, every rank gets
+    it); returns the first epoch to run and how many of its batches are already done."""
+    world = session.world
+    state = checkpoint.load_latest(session.checkpoint_dir, session.run_hash) if world.is_main else None
+    if world.is_main and state is None:
+        checkpoint.clear(session.checkpoint_dir)  # unreadable leftovers of an older run must not be resumed later
+    state = distributed.broadcast_object(state, world)
+    completed, skip_batches = 0, 0
+    if state is not None:
+        session.net.load_state_dict(state["model"])
+        session.optimizer.load_state_dict(state["optimizer"])
+        session.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.restore_rng_state(state["rng"])
+        session.history = list(state["history"])
+        completed, skip_batches = state["epoch"], state.get("batches_done", 0)
+        session.resumed_run_id = state.get("run_id")
+    if world.distributed:
+        torch.manual_seed(session.recipe.seed + 1000 * world.rank + completed)  # different crops on each rank
+    return completed + 1, skip_batches
 
+
+def start_tracking(session: Session, params: Params, prepared: Path) -> Tracker:
+    """The MLflow run (the resumed one when a checkpoint names it), its params, provenance tags, and any epoch
+    that a kill kept from being logged."""
+    model_params = params.model(session.key)
+    tracker = Tracker(params.tracking.experiment, run_id=session.resumed_run_id, run_name=session.key)
+    tracker.log_params({"model": session.key, "architecture": model_params.architecture,
+                        **as_flat_dict(_hashed(session.recipe), "train."),
+                        **as_flat_dict(model_params.options, "options.")})
+    tracker.set_tags({**provenance_tags(str(prepared)), "model": session.key, "device": str(session.runtime.device),
+                      "world_size": session.world.world_size, "seed": session.recipe.seed,
+                      "params_hash": session.run_hash})
+    log_epochs(tracker, session.history)
+    return tracker
+
+
+def train_one_epoch(session: Session, epoch: int, skip_batches: int, stop: _StopRequest, tracker: Tracker | None,
+                    progress: bool) -> dict:
+    """One pass over this rank's share of the training set (less the batches a mid-epoch checkpoint already
+    did); returns the epoch's row of the history, without its validation score."""
+    recipe, world = session.recipe, session.world
+    session.sampler.set_epoch(epoch)
+    order = list(session.sampler)
+    batches = [order[i:i + recipe.batch_size]
+               for i in range(0, session.iters_per_epoch * recipe.batch_size, recipe.batch_size)]
+    loader = DataLoader(session.train_set, batch_sampler=batches[skip_batches:], collate_fn=collate_samples,
+                        num_workers=recipe.workers, pin_memory=session.runtime.on_gpu)
+    session.model.train()
+    loss_sum = torch.zeros((), device=session.runtime.device)
+    seen, started = 0, time.perf_counter()
+    with Progress(session.iters_per_epoch, initial=skip_batches, desc=f"{session.key} epoch {epoch}/{recipe.epochs}",
+                  unit="batches", enabled=progress and world.is_main, log_lines=False) as bar:
+        for step, samples in enumerate(loader, start=skip_batches):
+            try:
+                loss = train_step(session.model, samples, session.optimizer, recipe, session.runtime)
+            except NonFiniteLoss as error:
+                raise PipelineError(
+                    f"models.{session.key}: {error} at epoch {epoch}, step {step + 1}; the last good checkpoint in "
+                    f"{session.checkpoint_dir} is kept: lower the learning rate (train.lr) and rerun") from None
+            session.scheduler.step()
+            loss_sum += loss
+            seen += len(samples)
+            bar.update(1)
+            if step % 10 == 0 and bar.on_terminal:  # .item() waits for the GPU: only when someone watches
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
+            if stop.requested(world, session.runtime.device):
+                if world.is_main:
+                    checkpoint.save(session.checkpoint_dir, _state(session, epoch - 1, step + 1, tracker),
+                                    interrupted=True)
+                raise PipelineError(f"interrupted by {stop.signal_name} in epoch {epoch} after {step + 1} batches; "
+                                    f"checkpoint saved to {session.checkpoint_dir}: rerun to resume")
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch, "loss": _mean_over_ranks(loss_sum, session.iters_per_epoch - skip_batches, world),
+            "lr": session.optimizer.param_groups[0]["lr"],
+            "images_per_second": seen * world.world_size / seconds if seconds else float("nan"),
+            "val_miou": None}
+
+
+def validate(session: Session) -> float:
+    """Val mIoU at full resolution; each rank predicts its share and the confusion matrices are summed."""
+    world = session.world
+    shard = range(world.rank, len(session.val_set), world.world_size)
+    run = evaluate(session.net, session.val_set, session.runtime, indices=shard)
+    run.confusion.reduce_from_all_processes()
+    return run.confusion.compute()["miou"]
+
+
+def log_epochs(tracker: Tracker | None, history: list[dict]) -> None:
+    """Log each epoch once, even across a kill between checkpointing and logging (step = epoch)."""
+    if tracker is None or not tracker.active or not history:
+        return
+    logged = tracker.logged_steps("loss")
+    for row in history:
+        if row["epoch"] not in logged:
+            metrics = {k: v for k, v in row.items() if k != "epoch" and v is not None}
+            tracker.log_metrics(metrics, step=row["epoch"])
+
+
+def finish(session: Session, tracker: Tracker | None, experiment: str) -> TrainResult:
+    """The summary, and on rank 0 the final metrics, the curves and the model in MLflow."""
+    summary = _summary(session)
+    if tracker is not None:
+        tracker.log_metrics({"final_val_miou": summary["final_val_miou"], "best_val_miou": summary["best_val_miou"]})
+        tracker.log_image(history_figure(session.history), "history.png")
+        tracker.log_model(session.net, num_classes=NUM_CLASSES)
+        tracker.close("FINISHED")
+    return TrainResult(session.net.cpu().eval(), session.history, summary, tracker.run_id if tracker else None,
+                       experiment, session.world.is_main)
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
 
 def data_fingerprint(prepared: Path) -> str:
     """Identifies the prepared training data, so a checkpoint is never resumed on different data."""
@@ -93,6 +266,11 @@ def data_fingerprint(prepared: Path) -> str:
         index = prepared / split / "index.json"
         digest.update(index.read_bytes() if index.is_file() else b"missing")
     return digest.hexdigest()[:16]
+
+
+def _hashed(recipe: TrainParams) -> dict:
+    """The recipe keys that decide what training computes (see `_NOT_IN_HASH`)."""
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in _NOT_IN_HASH}
 
 
 class _StopRequest:
@@ -125,172 +303,6 @@ class _StopRequest:
         return bool(flag.item() > 0)
 
 
-def _progress_bar(iterable, total: int, description: str, enabled: bool):
-    """A tqdm bar with loss and img/s on a terminal; under DVC logs and CI the per-epoch log line is enough."""
-    if not (enabled and sys.stderr.isatty()):
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
-
-
-def train_model(
-    name: str,
-    params: params_module.Params,
-    *,
-    prepared: Path = Path("data/prepared"),
-    checkpoint_dir: Path | None = None,
-    device: str | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    key = params.model_key(name)
-    spec = params.model(key)
-    cfg = params.train_for(key)
-    if device is not None:
-        cfg = dataclasses.replace(cfg, device=device)
-    checkpoint_dir = checkpoint_dir or Path("checkpoints") / key
-
-    # --- set-up -----------------------------------------------------------------------------------------
-    world, device_ = distributed.init_from_env(cfg.device)
-    on_gpu = device_.type == "cuda"
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-
-    train_set, val_set = VOCPrepared(prepared, "train"), VOCPrepared(prepared, "val")
-    per_step = cfg.batch_size * world.world_size
-    iters_per_epoch = len(train_set) // per_step
-    if iters_per_epoch == 0:
-        raise PipelineError(f"models.{key}: batch size {cfg.batch_size} × {world.world_size} process(es) is larger "
-                            f"than the {len(train_set)} training images: lower train.batch_size")
-
-    net = build(spec.architecture, num_classes=NUM_CLASSES, where=f"models.{key}.options", **spec.options)
-    if cfg.bn_momentum is not None:
-        set_batchnorm_momentum(net, cfg.bn_momentum)
-    if world.distributed and on_gpu:
-        # BatchNorm statistics over the global batch; PyTorch's SyncBatchNorm exists for CUDA only, so on the
-        # CPU (gloo) each rank keeps its own statistics and DDP broadcasts rank 0's at every forward.
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    channels_last = cfg.channels_last and on_gpu
-    net = net.to(device_, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    optimizer = make_optimizer(net, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, iters_per_epoch))
-
-    train_hash = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_HASH}
-    run_hash = checkpoint.params_hash(train_hash, dataclasses.asdict(spec), data_fingerprint(prepared))
-
-    # --- resume -----------------------------------------------------------------------------------------
-    state = checkpoint.load_latest(checkpoint_dir, run_hash) if world.is_main else None
-    if world.is_main and state is None:
-        checkpoint.clear(checkpoint_dir)  # unreadable leftovers of an older run must not be resumed later
-    state = distributed.broadcast_object(state, world)
-    history: list[dict] = []
-    completed, skip_batches = 0, 0
-    if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.restore_rng_state(state["rng"])
-        history = list(state["history"])
-        completed, skip_batches = state["epoch"], state.get("batches_done", 0)
-    if world.distributed:
-        torch.manual_seed(cfg.seed + 1000 * world.rank + completed)  # different crops on each rank
-
-    tracker = None
-    if world.is_main:
-        tracker = Tracker(params.tracking.experiment, run_id=state and state.get("run_id"), run_name=key)
-        tracker.log_params({"model": key, "architecture": spec.architecture,
-                            **params_module.as_flat_dict(train_hash, "train."),
-                            **params_module.as_flat_dict(spec.options, "options.")})
-        tracker.set_tags({**provenance_tags(str(prepared)), "model": key, "device": str(device_),
-                          "world_size": world.world_size, "seed": cfg.seed, "params_hash": run_hash})
-        _log_missing_epochs(tracker, history)
-
-    model = DistributedDataParallel(net, device_ids=[device_.index] if on_gpu else None) if world.distributed else net
-    if cfg.compile:
-        model = torch.compile(model)
-    sampler = DistributedSampler(train_set, num_replicas=world.world_size, rank=world.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-
-    # --- the epoch loop ---------------------------------------------------------------------------------
-    status = "FAILED"
-    try:
-        with _StopRequest() as stop:
-            for epoch in range(completed + 1, cfg.epochs + 1):
-                sampler.set_epoch(epoch)
-                order = list(sampler)
-                batches = [order[i : i + cfg.batch_size] for i in range(0, iters_per_epoch * cfg.batch_size, cfg.batch_size)]
-                loader = DataLoader(train_set, batch_sampler=batches[skip_batches:], collate_fn=collate_samples,
-                                    num_workers=cfg.workers, pin_memory=on_gpu)
-                model.train()
-                loss_sum = torch.zeros((), device=device_)
-                seen, started = 0, time.perf_counter()
-                steps = _progress_bar(enumerate(loader, start=skip_batches), iters_per_epoch - skip_batches,
-                                      f"{key} epoch {epoch}/{cfg.epochs}", progress and world.is_main)
-                for step, samples in steps:
-                    images, labels = train_batch(samples, device_, cfg.crop_size, cfg.scale_range, cfg.hflip, channels_last)
-                    with autocast_for(device_, cfg.amp):
-                        outputs = model(images)
-                    loss = segmentation_loss(outputs, labels, cfg.aux_weight)
-                    if not torch.isfinite(loss):
-                        raise PipelineError(
-                            f"models.{key}: loss is {loss.item()} at epoch {epoch}, step {step + 1}; the last good "
-                            f"checkpoint in {checkpoint_dir} is kept: lower the learning rate (train.lr) and rerun")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    loss_sum += loss.detach()
-                    seen += len(samples)
-                    if hasattr(steps, "set_postfix") and step % 10 == 0:
-                        steps.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
-                    if stop.requested(world, device_):
-                        if world.is_main:
-                            checkpoint.save(checkpoint_dir, _state(net, optimizer, scheduler, epoch - 1, step + 1,
-                                                                   tracker, run_hash, history), interrupted=True)
-                            status = "KILLED"
-                        raise PipelineError(f"interrupted by {stop.signal_name} in epoch {epoch} after {step + 1} "
-                                            f"batches; checkpoint saved to {checkpoint_dir}: rerun to resume")
-                seconds = time.perf_counter() - started
-                row = {"epoch": epoch, "loss": _mean_over_ranks(loss_sum, iters_per_epoch - skip_batches, world),
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "images_per_second": seen * world.world_size / seconds if seconds else float("nan"),
-                       "val_miou": None}
-                skip_batches = 0
-                if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                    row["val_miou"] = validate(net, val_set, device_, world, amp=cfg.amp, channels_last=channels_last)
-                history.append(row)
-                if world.is_main:
-                    checkpoint.save(checkpoint_dir, _state(net, optimizer, scheduler, epoch, 0, tracker, run_hash, history))
-                    _log_missing_epochs(tracker, history)
-                    log.info("%s epoch %d/%d: loss %.4f, val mIoU %s, %.1f img/s", key, epoch, cfg.epochs, row["loss"],
-                             "-" if row["val_miou"] is None else f"{row['val_miou']:.4f}", row["images_per_second"])
-        status = "FINISHED"
-    finally:
-        if tracker is not None and status != "FINISHED":
-            tracker.close(status)
-
-    summary = _summary(history, net, device_, world, run_hash)
-    if tracker is not None:
-        tracker.log_metrics({"final_val_miou": summary["final_val_miou"], "best_val_miou": summary["best_val_miou"]})
-        from pipeline.render import history_figure
-
-        tracker.log_image(history_figure(history), "history.png")
-        tracker.log_model(net, num_classes=NUM_CLASSES)
-        tracker.close("FINISHED")
-    return TrainResult(net.cpu().eval(), history, summary,
-                       tracker.run_id if tracker else None, params.tracking.experiment, world.is_main)
-
-
-def validate(net, val_set, device, world: distributed.World, *, amp: bool, channels_last: bool) -> float:
-    """Val mIoU at full resolution; each rank predicts its share and the confusion matrices are summed."""
-    shard = range(world.rank, len(val_set), world.world_size)
-    run = evaluate(net, val_set, device, indices=shard, amp=amp, channels_last=channels_last)
-    run.confusion.reduce_from_all_processes()
-    return run.confusion.compute()["miou"]
-
-
 def _mean_over_ranks(total: torch.Tensor, steps: int, world: distributed.World) -> float:
     if world.distributed:
         total = total.clone()
@@ -299,33 +311,28 @@ def _mean_over_ranks(total: torch.Tensor, steps: int, world: distributed.World) 
     return total.item() / max(steps, 1)
 
 
-def _state(net, optimizer, scheduler, epoch: int, batches_done: int, tracker, run_hash: str, history) -> dict:
+def _state(session: Session, epoch: int, batches_done: int, tracker: Tracker | None) -> dict:
     return {
         "epoch": epoch,
         "batches_done": batches_done,
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": None,  # bf16 autocast needs no loss scaling; the key stays for fp16 recipes
+        "model": session.net.state_dict(),
+        "optimizer": session.optimizer.state_dict(),
+        "scheduler": session.scheduler.state_dict(),
         "rng": checkpoint.rng_state(),
         "run_id": tracker.run_id if tracker else None,
-        "params_hash": run_hash,
-        "history": history,
+        "params_hash": session.run_hash,
+        "history": session.history,
     }
 
 
-def _log_missing_epochs(tracker: Tracker | None, history: list[dict]) -> None:
-    """Log each epoch once, even across a kill between checkpointing and logging (step = epoch)."""
-    if tracker is None or not tracker.active or not history:
-        return
-    logged = tracker.logged_steps("loss")
-    for row in history:
-        if row["epoch"] not in logged:
-            metrics = {k: v for k, v in row.items() if k != "epoch" and v is not None}
-            tracker.log_metrics(metrics, step=row["epoch"])
+def _log_line(session: Session, row: dict) -> None:
+    val = "-" if row["val_miou"] is None else f"{row['val_miou']:.4f}"
+    log.info("%s epoch %d/%d: loss %.4f, val mIoU %s, %.1f img/s", session.key, row["epoch"], session.recipe.epochs,
+             row["loss"], val, row["images_per_second"])
 
 
-def _summary(history: list[dict], net, device, world, run_hash: str) -> dict:
+def _summary(session: Session) -> dict:
+    history = session.history
     scored = [row for row in history if row["val_miou"] is not None]
     best = max(scored, key=lambda row: row["val_miou"]) if scored else None
     return {
@@ -335,8 +342,8 @@ def _summary(history: list[dict], net, device, world, run_hash: str) -> dict:
         "best_val_miou": best["val_miou"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "images_per_second": sum(r["images_per_second"] for r in history) / len(history) if history else None,
-        "parameters": sum(p.numel() for p in net.parameters()),
-        "device": str(device),
-        "world_size": world.world_size,
-        "params_hash": run_hash,
+        "parameters": sum(p.numel() for p in session.net.parameters()),
+        "device": str(session.runtime.device),
+        "world_size": session.world.world_size,
+        "params_hash": session.run_hash,
     }

@@ -1,8 +1,9 @@
-"""PASCAL VOC 2012 segmentation conventions: class names, the ignore value and the colour palette."""
+"""PASCAL VOC 2012 segmentation conventions: class names, the ignore value, the colour palette and the label PNG."""
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -34,3 +35,17 @@ def palette() -> np.ndarray:
 def flat_palette() -> list[int]:
     """The palette as PIL's `putpalette` wants it: 768 ints."""
     return palette().reshape(-1).tolist()
+
+
+def label_png(label: np.ndarray) -> Image.Image:
+    """An 8-bit palette image whose pixel values are the class indices (255 = void), coloured with the VOC
+    palette: the format of the dataset's SegmentationClass files and of the VOC evaluation server."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"a label map is H×W, got shape {label.shape}")
+    if label.dtype.kind not in "ui" or (label.size and (label.min() < 0 or label.max() > 255)):
+        raise ValueError(f"a label map holds class indices 0..255, got dtype {label.dtype}")
+    label = np.ascontiguousarray(label, dtype=np.uint8)
+    image = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
+    image.putpalette(flat_palette())
+    return image

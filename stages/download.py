@@ -1,20 +1,29 @@
-"""Stage `download`: fetch the VOC 2012 trainval tar from the first source in data.urls that delivers it."""
+"""Stage `download`: fetch the VOC 2012 trainval tar from the first source in data.urls that delivers it.
+
+    python -m stages.download [--out data/raw/VOCtrainval_11-May-2012.tar]
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from pipeline import params
+from pipeline import layout
 from pipeline.cli import run_stage
 from pipeline.download import fetch
+from pipeline.params import load
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, default=layout.VOC_TAR)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", default="data/raw/VOCtrainval_11-May-2012.tar")
-    args = parser.parse_args(argv)
-    data = params.load(args.params).data
+    args = parse_args(argv)
+    data = load(args.params).data
     fetch(data.urls, args.out, md5=data.md5, size=data.size, timeout_s=data.timeout_s, retries=data.retries)
 
 

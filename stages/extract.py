@@ -1,18 +1,27 @@
-"""Stage `extract`: unpack the segmentation subset of the VOC tar into <out>/VOCdevkit/VOC2012."""
+"""Stage `extract`: unpack the segmentation subset of the VOC tar into <out>/VOCdevkit/VOC2012.
+
+    python -m stages.extract [--tar data/raw/VOCtrainval_11-May-2012.tar] [--out data/VOCdevkit]
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from pipeline import layout
 from pipeline.archive import extract_segmentation
 from pipeline.cli import run_stage
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tar", type=Path, default=layout.VOC_TAR)
+    parser.add_argument("--out", type=Path, default=layout.VOC_DEVKIT, help="the VOCdevkit directory to create")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tar", default="data/raw/VOCtrainval_11-May-2012.tar")
-    parser.add_argument("--out", default="data")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     extract_segmentation(args.tar, args.out)
 
 

@@ -1,13 +1,15 @@
-"""Stage: check the extracted VOC train/val pairs and pack them into memory-mappable arrays, with statistics.
+"""Stage `prepare`: check the extracted VOC train/val pairs and pack them into memory-mappable arrays, with statistics.
 
-    python -m stages.prepare [--params params.yaml] [--voc data] [--out data/prepared] [--metrics metrics/data.json]
+    python -m stages.prepare [--voc data/VOCdevkit] [--out data/prepared] [--metrics metrics/data.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
+from pipeline import layout
 from pipeline.atomic import write_json
 from pipeline.cli import run_stage
 from pipeline.data import prepare
@@ -16,13 +18,17 @@ from pipeline.params import load
 log = logging.getLogger("stages.prepare")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--voc", default="data", help="directory holding VOCdevkit/VOC2012")
-    parser.add_argument("--out", default="data/prepared")
-    parser.add_argument("--metrics", default="metrics/data.json")
-    args = parser.parse_args()
+    parser.add_argument("--voc", type=Path, default=layout.VOC_DEVKIT, help="the extracted VOCdevkit directory")
+    parser.add_argument("--out", type=Path, default=layout.PREPARED)
+    parser.add_argument("--metrics", type=Path, default=layout.DATA_METRICS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     params = load(args.params)
     stats = prepare(args.voc, args.out, workers=params.prepare.workers)
     write_json(args.metrics, stats)

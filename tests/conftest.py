@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.synthetic import write_voc_tar
+from pipeline.devtools.synthetic import write_voc_tar
 
 # Small enough to build in about a second, large enough (≥ 7 images a split) that every class is in both splits.
 SYNTHETIC = {"seed": 0, "n_train": 24, "n_val": 16, "min_size": 40, "max_size": 120}

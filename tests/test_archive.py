@@ -78,7 +78,7 @@ def all_files(root):
 def test_extracts_only_what_segmentation_needs(tmp_path):
     files = voc_files()
     tar = write_tar(tmp_path / "voc.tar", files)
-    counts = extract_segmentation(tar, tmp_path / "data", progress=False)
+    counts = extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
 
     wanted = sorted(name for name in files if name.startswith(
         (f"{ROOT}/ImageSets/Segmentation/", f"{ROOT}/SegmentationClass/")
@@ -95,7 +95,7 @@ def test_rerun_replaces_earlier_output(tmp_path):
     stale = tmp_path / "data" / ROOT / "JPEGImages" / "stale.jpg"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
-    extract_segmentation(tar, tmp_path / "data", progress=False)
+    extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
     assert not stale.exists()
     assert (tmp_path / "data" / ROOT / "JPEGImages" / f"{TRAIN[0]}.jpg").exists()
 
@@ -125,7 +125,7 @@ def test_hostile_member_is_refused_and_nothing_is_written(tmp_path, case):
     member = HOSTILE[case](tmp_path)
     tar = write_tar(tmp_path / "voc.tar", voc_files(), extra=member)
     with pytest.raises(PipelineError, match="refusing to extract member") as error:
-        extract_segmentation(tar, tmp_path / "data", progress=False)
+        extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
     assert repr(member.name) in str(error.value)
     assert "\n" not in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["voc.tar"]
@@ -138,7 +138,7 @@ def test_truncated_tar_inside_a_member(tmp_path):
     with open(tar, "r+b") as file:
         file.truncate(member.offset_data + member.size // 2)
     with pytest.raises(PipelineError, match=r"is truncated or corrupt \(.+\); delete it and rerun the download stage"):
-        extract_segmentation(tar, tmp_path / "data", progress=False)
+        extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
     assert not (tmp_path / "data" / "VOCdevkit").exists()
 
 
@@ -151,14 +151,14 @@ def test_truncated_tar_at_or_inside_a_header(tmp_path, into_header):
     with open(tar, "r+b") as file:
         file.truncate(member.offset + into_header)
     with pytest.raises(PipelineError, match="is truncated or corrupt .*end-of-archive"):
-        extract_segmentation(tar, tmp_path / "data", progress=False)
+        extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
 
 
 def test_not_a_tar(tmp_path):
     tar = tmp_path / "voc.tar"
     tar.write_bytes(b"<html>404 not found</html>" * 100)
     with pytest.raises(PipelineError, match="is truncated or corrupt"):
-        extract_segmentation(tar, tmp_path / "data", progress=False)
+        extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
 
 
 @pytest.mark.parametrize("missing", [
@@ -169,10 +169,10 @@ def test_not_a_tar(tmp_path):
 def test_missing_split_file_or_listed_image(tmp_path, missing):
     tar = write_tar(tmp_path / "voc.tar", voc_files(without=missing))
     with pytest.raises(PipelineError, match=f"missing.*{missing}|{missing}.*missing"):
-        extract_segmentation(tar, tmp_path / "data", progress=False)
+        extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
     assert not (tmp_path / "data" / "VOCdevkit").exists()
 
 
 def test_missing_tar(tmp_path):
     with pytest.raises(PipelineError, match="not found; run the download stage first"):
-        extract_segmentation(tmp_path / "voc.tar", tmp_path / "data", progress=False)
+        extract_segmentation(tmp_path / "voc.tar", tmp_path / "data" / "VOCdevkit", progress=False)

@@ -1,4 +1,4 @@
-"""pipeline.bench at toy sizes: the structure of its results, the target check, and the stage's exit status.
+"""pipeline.devtools.bench at toy sizes: the structure of its results, the target check, and the stage's exit status.
 Timings themselves are not checked: they depend on the machine."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from pipeline import bench
 from pipeline.cli import run_stage
-from stages import bench as bench_stage
+from pipeline.devtools import bench
+from tools import bench as bench_stage
 
 TINY = bench.Settings(images=6, image_size=(40, 56), loader_workers=(0, 2), loader_budget_s=0.0, crop_size=(32, 32),
                       batch_size=2, warmup_steps=1, min_steps=1, max_steps=1, budget_s=0.0, eval_size=(40, 48),
@@ -77,5 +77,6 @@ def test_stage_exits_2_when_a_target_is_missed(results, tmp_path, monkeypatch, c
         run_stage(bench_stage.main)
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
-    assert "target missed: loader/workers=0/samples_per_second" in stderr and "1 of 1 benchmark targets missed" in stderr
+    assert "target missed: loader/workers=0/samples_per_second" in stderr
+    assert "1 of 1 benchmark targets missed" in stderr
     assert json.loads(out.read_text())["missed"][0].startswith("loader/workers=0/samples_per_second")

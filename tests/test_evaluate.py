@@ -6,9 +6,13 @@ import math
 
 import torch
 
-from pipeline.evaluate import confusion_rows, per_class_rows, predict, report
+from pipeline.evaluation import confusion_rows, per_class_rows, report
+from pipeline.inference import predict
 from pipeline.metrics import scores_from_confusion
+from pipeline.runtime import resolve
 from pipeline.voc import CLASSES
+
+CPU = resolve("cpu")
 
 
 def pointwise_model() -> torch.nn.Module:
@@ -20,7 +24,7 @@ def pointwise_model() -> torch.nn.Module:
 
 def test_prediction_is_a_full_resolution_class_map():
     image = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8)
-    prediction = predict(pointwise_model(), image)
+    prediction = predict(pointwise_model(), image, CPU)
     assert prediction.shape == (37, 53) and prediction.dtype == torch.long
     assert 0 <= prediction.min() and prediction.max() < 21
 
@@ -28,13 +32,13 @@ def test_prediction_is_a_full_resolution_class_map():
 def test_flip_tta_of_a_flip_equivariant_model_changes_nothing():
     image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
     model = pointwise_model()
-    assert torch.equal(predict(model, image, flip=True), predict(model, image))
-    assert torch.equal(predict(model, image, scales=[1.0, 1.0]), predict(model, image))
+    assert torch.equal(predict(model, image, CPU, flip=True), predict(model, image, CPU))
+    assert torch.equal(predict(model, image, CPU, scales=[1.0, 1.0]), predict(model, image, CPU))
 
 
 def test_multi_scale_tta_returns_the_input_size():
     image = torch.randint(0, 256, (3, 33, 47), dtype=torch.uint8)
-    assert predict(pointwise_model(), image, flip=True, scales=[0.5, 0.75, 1.5]).shape == (33, 47)
+    assert predict(pointwise_model(), image, CPU, flip=True, scales=[0.5, 0.75, 1.5]).shape == (33, 47)
 
 
 def test_report_writes_absent_classes_as_null_and_says_why():

@@ -68,7 +68,8 @@ def random_batch(seed, shape=(2, 48, 40)):
     generator = torch.Generator().manual_seed(seed)
     target = torch.randint(0, 21, shape, generator=generator)
     target[torch.rand(shape, generator=generator) < 0.1] = V
-    pred = torch.where(torch.rand(shape, generator=generator) < 0.6, target, torch.randint(0, 21, shape, generator=generator))
+    pred = torch.where(torch.rand(shape, generator=generator) < 0.6, target, torch.randint(0, 21, shape,
+                                                                                           generator=generator))
     pred[pred == V] = 0
     return pred, target
 

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, mobilenet_v3_large, resnet18
 
 from pipeline.errors import PipelineError
-from pipeline.models import OPTIONS, build, set_batchnorm_momentum, validate
+from pipeline.models import build, set_batchnorm_momentum
 from pipeline.models.deeplab import DeepLab
 from pipeline.models.fcn import FCN8s, FCN32s
 from pipeline.models.unet import UNet
@@ -122,7 +122,8 @@ def test_transposed_conv_starts_as_bilinear_upsampling(layer, factor):
     with torch.no_grad():
         out = layer(torch.full((1, 3, 5, 7), 2.5))
     assert out.shape == (1, 3, 5 * factor, 7 * factor)
-    torch.testing.assert_close(out[..., factor:-factor, factor:-factor], torch.full_like(out[..., factor:-factor, factor:-factor], 2.5))
+    inner = out[..., factor:-factor, factor:-factor]
+    torch.testing.assert_close(inner, torch.full_like(inner, 2.5))
 
 
 @pytest.mark.parametrize("skip", ["score16", "score8"])
@@ -138,32 +139,55 @@ def test_fcn8s_uses_both_skips(skip):
     assert (before - after).abs().max() > 1e-3
 
 
-# --- one optimiser step on a fixed batch ------------------------------------------------------------------
+# --- the models train -------------------------------------------------------------------------------------
+
+def fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 64×64 images of 16×16 blocks, each block a random class drawn in that class's own colour plus noise,
+    with a void band: something every model can learn (the blocks are coarser than the coarsest output
+    stride, 8), unlike per-pixel noise labels."""
+    generator = torch.Generator().manual_seed(0)
+    colours = torch.randn(21, 3, generator=generator)
+    blocks = torch.randint(0, 21, (2, 4, 4), generator=generator)
+    labels = blocks.repeat_interleave(16, dim=1).repeat_interleave(16, dim=2)
+    x = colours[labels].permute(0, 3, 1, 2) + 0.3 * torch.randn(2, 3, 64, 64, generator=generator)
+    labels[:, :, :6] = 255
+    return x, labels
+
 
 @pytest.mark.parametrize("case", CASES)
-def test_one_step_lowers_the_loss(case):
+def test_the_model_trains(case):
+    """Gradients reach every trainable parameter, and Adam on a fixed batch halves the loss within 100 steps.
+
+    The margin is wide on purpose: every model gets there in 4–60 steps here, so no CPU's floating-point kernels
+    or thread count can flip the outcome, as they could flip `loss_after < loss_before` for one SGD step."""
     torch.manual_seed(0)
     name, options = CASES[case]
     model = build(name, **options).train()
-    x = torch.randn(2, 3, 64, 64)
-    labels = torch.randint(0, 21, (2, 64, 64))
-    labels[:, :, :10] = 255
+    x, labels = fixed_batch()
     criterion = nn.CrossEntropyLoss(ignore_index=255)
 
     def loss() -> torch.Tensor:
-        torch.manual_seed(1)  # the same dropout masks in both evaluations
+        torch.manual_seed(1)  # the same dropout masks in every evaluation
         out = model(x)
         if isinstance(out, dict):
             return criterion(out["out"], labels) + 0.5 * criterion(out["aux"], labels)
         return criterion(out, labels)
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    before = loss()
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        after = loss()
-    assert after < before
+    first = loss()
+    first.backward()
+    without_gradient = [name for name, p in model.named_parameters()
+                        if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert without_gradient == []
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = [first.item()]
+    while losses[-1] >= 0.5 * losses[0] and len(losses) <= 100:
+        optimizer.zero_grad()
+        current = loss()
+        current.backward()
+        optimizer.step()
+        losses.append(current.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
 # --- pretrained weights -----------------------------------------------------------------------------------
@@ -246,11 +270,12 @@ def test_local_weights_with_a_wrong_sha256_are_refused(resnet18_file):
 def test_local_weights_without_sha256_print_the_files_sha256(resnet18_file):
     path, _ = resnet18_file
     with pytest.raises(PipelineError, match=f"weights_sha256: required.*add weights_sha256: {file_sha256(path)}"):
-        validate("fcn", {"pretrained": str(path)})
+        build("fcn", pretrained=str(path))
 
 
 def test_missing_local_weights_file_is_named(tmp_path):
-    with pytest.raises(PipelineError, match=f"models.fcn.options.pretrained: weights file {tmp_path / 'nope.pth'} not found"):
+    with pytest.raises(PipelineError,
+                       match=f"models.fcn.options.pretrained: weights file {tmp_path / 'nope.pth'} not found"):
         build("fcn", pretrained=str(tmp_path / "nope.pth"), weights_sha256="0" * 64)
 
 
@@ -260,7 +285,8 @@ def test_weights_of_another_network_are_refused(tmp_path):
     with pytest.raises(PipelineError, match="does not fit torchvision's resnet34"):
         build("fcn", variant="fcn8s", pretrained=str(path), weights_sha256=file_sha256(path))
     torch.save({"head.weight": torch.zeros(3)}, path)
-    with pytest.raises(PipelineError, match=r"not a state dict of torchvision's resnet34: \d+ keys missing .*1 unexpected \(head.weight\)"):
+    with pytest.raises(PipelineError, match=r"not a state dict of torchvision's resnet34: \d+ keys missing "
+                                            r".*1 unexpected \(head.weight\)"):
         build("fcn", variant="fcn8s", pretrained=str(path), weights_sha256=file_sha256(path))
 
 
@@ -274,30 +300,11 @@ def test_names_are_case_insensitive(name, options, cls):
     assert type(build(name, **options)) is cls
 
 
-def test_validate_fills_in_defaults():
-    assert validate("fcn", {}) == {"variant": "fcn32s", "pretrained": "none", "weights_sha256": None}
-    assert validate("Unet", {}) == {"width": 64, "upsampling": "bilinear", "pretrained": "none"}
-    assert validate("deeplab", {}) == {"backbone": "resnet50", "aux_loss": True, "pretrained": "none", "weights_sha256": None}
-    assert validate("deeplab", {"backbone": "resnet18"})["aux_loss"] is False
-    assert set(OPTIONS) == {"fcn", "unet", "deeplab"}
-
-
 @pytest.mark.parametrize("name,options,message", [
     ("segformer", {}, "unknown model 'segformer': must be one of fcn, unet, deeplab"),
     ("fcn", {"variant": "x"}, "models.fcn.options.variant: must be one of fcn32s, fcn8s, got 'x'"),
-    ("fcn", {"depth": 3}, "models.fcn.options.depth: unknown option for fcn; allowed: pretrained, variant, weights_sha256"),
-    ("fcn", {"pretrained": "imagenet", "weights_sha256": "a" * 64}, "models.fcn.options.weights_sha256: only used with a local weights file"),
-    ("fcn", {"pretrained": "x.pth", "weights_sha256": "abc"}, "models.fcn.options.weights_sha256: must be 64 hexadecimal digits, got 'abc'"),
-    ("fcn", {"pretrained": True}, "models.fcn.options.pretrained: must be imagenet, none or the path of a weights file, got True"),
-    ("unet", {"pretrained": "imagenet"}, "models.unet.options.pretrained: must be none (U-Net has no pretrained backbone"),
-    ("unet", {"width": 0}, "models.unet.options.width: must be a positive integer"),
-    ("unet", {"width": True}, "models.unet.options.width: must be a positive integer"),
-    ("unet", {"upsampling": "nearest"}, "models.unet.options.upsampling: must be one of bilinear, transpose, got 'nearest'"),
-    ("unet", {"variant": "fcn8s"}, "models.unet.options.variant: unknown option for unet"),
-    ("deeplab", {"backbone": "vgg16"}, "models.deeplab.options.backbone: must be one of resnet50, resnet101, mobilenet_v3_large, resnet18, got 'vgg16'"),
     ("deeplab", {"aux_loss": "yes"}, "models.deeplab.options.aux_loss: must be true or false, got 'yes'"),
-    ("deeplab", {"backbone": "resnet18", "aux_loss": True}, "models.deeplab.options.aux_loss: backbone resnet18 has no auxiliary head"),
-])
+])  # every other option message: tests/test_params.py, through the same schema
 def test_bad_names_and_options_are_one_line_errors(name, options, message):
     with pytest.raises(PipelineError) as error:
         build(name, **options)
@@ -306,7 +313,7 @@ def test_bad_names_and_options_are_one_line_errors(name, options, message):
 
 def test_messages_use_the_callers_prefix():
     with pytest.raises(PipelineError, match=r"^models\.small_unet\.options\.width: "):
-        validate("unet", {"width": -1}, where="models.small_unet.options")
+        build("unet", width=-1, where="models.small_unet.options")
 
 
 def test_bad_num_classes_is_refused():

@@ -33,7 +33,7 @@ def test_the_committed_params_and_the_demo_overrides_are_valid():
     assert list(config.models) == ["fcn", "unet", "deeplab"]
     assert config.train_for("unet").lr == 0.05 and config.train_for("fcn").lr == config.train.lr
     assert config.data.md5 == "6cd6e144f989b92b3379bac3b3de84fd" and config.data.size == 1_999_639_040
-    from pipeline.demo import _merge
+    from pipeline.devtools.demo import _merge
 
     demo = params.parse(_merge(BASE, yaml.safe_load((REPO / "params.demo.yaml").read_text())))
     assert demo.train_for("deeplab").bn_momentum == 0.1
@@ -41,7 +41,8 @@ def test_the_committed_params_and_the_demo_overrides_are_valid():
 
 @pytest.mark.parametrize("path, value, message", [
     ("train.lr", -1, "train.lr: must be > 0, got -1"),
-    ("train.lr", "fast", "train.lr: must be a number, got 'fast'"),
+    ("train.lr", "fast", "train.lr: must be a finite number, got 'fast'"),
+    ("train.lr", float("nan"), "train.lr: must be a finite number, got nan"),
     ("train.epochs", 1.5, "train.epochs: must be an integer, got 1.5"),
     ("train.epochs", 0, "train.epochs: must be >= 1, got 0"),
     ("train.hflip", "yes", "train.hflip: must be true or false, got 'yes'"),
@@ -84,11 +85,50 @@ def test_unknown_model_name_lists_the_models():
         config.model_key("segformer")
 
 
-def test_bad_model_options_are_refused_by_the_registry_before_work_starts():
-    from pipeline.models import validate
+@pytest.mark.parametrize("model, options, message", [
+    ("fcn", {"variant": "x"}, "models.fcn.options.variant: must be one of fcn32s, fcn8s, got 'x'"),
+    ("fcn", {"depth": 3},
+     "models.fcn.options.depth: unknown key; allowed keys here: variant, pretrained, weights_sha256"),
+    ("fcn", {"pretrained": "imagenet", "weights_sha256": "a" * 64},
+     "models.fcn.options.weights_sha256: only used with a local weights file"),
+    ("fcn", {"pretrained": "x.pth", "weights_sha256": "abc"},
+     "models.fcn.options.weights_sha256: must be 64 hexadecimal digits, got 'abc'"),
+    ("fcn", {"pretrained": True}, "models.fcn.options.pretrained: must be a non-empty string, got True"),
+    ("unet", {"pretrained": "imagenet"},
+     "models.unet.options.pretrained: must be none (U-Net has no pretrained backbone"),
+    ("unet", {"width": 0}, "models.unet.options.width: must be >= 1, got 0"),
+    ("unet", {"width": True}, "models.unet.options.width: must be an integer, got True"),
+    ("unet", {"upsampling": "nearest"},
+     "models.unet.options.upsampling: must be one of bilinear, transpose, got 'nearest'"),
+    ("unet", {"variant": "fcn8s"}, "models.unet.options.variant: unknown key"),
+    ("deeplab", {"backbone": "vgg16"},
+     "models.deeplab.options.backbone: must be one of resnet50, resnet101, mobilenet_v3_large, resnet18, got 'vgg16'"),
+    ("deeplab", {"aux_loss": "yes"}, "models.deeplab.options.aux_loss: must be true or false, got 'yes'"),
+    ("deeplab", {"backbone": "resnet18", "aux_loss": True},
+     "models.deeplab.options.aux_loss: backbone resnet18 has no auxiliary head"),
+])
+def test_bad_model_options_are_one_line_errors_when_params_load(model, options, message):
+    with pytest.raises(PipelineError) as error:
+        params.parse(with_change(f"models.{model}.options", options))
+    assert str(error.value).startswith(f"params.yaml: {message}") and "\n" not in str(error.value)
 
-    with pytest.raises(PipelineError, match=r"models.fcn.options.variant: must be one of fcn32s, fcn8s, got 'x'"):
-        validate("fcn", {"variant": "x"}, where="models.fcn.options")
+
+def test_model_options_are_typed_with_their_defaults():
+    config = params.parse(with_change("models.deeplab.options", {"backbone": "resnet18"}))
+    assert config.model("deeplab").options == params.DeepLabOptions(backbone="resnet18", aux_loss=False)
+    assert config.model("unet").options == params.UNetOptions(width=64, upsampling="bilinear")
+    assert params.model_options("Deeplab", {}) == params.DeepLabOptions(backbone="resnet50", aux_loss=True)
+    assert params.model_options("FCN", {}) == params.FCNOptions(variant="fcn32s", pretrained="none")
+
+
+def test_loading_params_imports_no_model_code():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.params import load; load('params.yaml'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch', 'pipeline.models'))))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_unreadable_files_are_one_line_errors(tmp_path):

@@ -48,7 +48,8 @@ def test_data_stages_run_once_then_are_up_to_date(project, voc_tree):
     for stage in ("download", "extract", "prepare"):
         assert f"Running stage '{stage}'" in first
     assert (project / "metrics/data.json").is_file()
-    assert len(VOCPrepared(project / "data/prepared", "val")) == len((voc_tree / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split())
+    val_ids = (voc_tree / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    assert len(VOCPrepared(project / "data/prepared", "val")) == len(val_ids)
 
     second = dvc(project, "repro", "prepare")
     assert "Running stage" not in second

@@ -80,8 +80,9 @@ def test_stats_match_a_direct_count(prepared, voc_tree):
         assert s["class_pixels"] == {name: int((values == c).sum()) for c, name in enumerate(CLASSES)}
         assert s["void_fraction"] == pytest.approx((values == 255).sum() / values.size)
         assert 0 < s["void_fraction"] < 0.5
-        assert s["height"] == {"min": min(l.shape[0] for l in labels), "max": max(l.shape[0] for l in labels)}
-        assert s["width"] == {"min": min(l.shape[1] for l in labels), "max": max(l.shape[1] for l in labels)}
+        heights, widths = [label.shape[0] for label in labels], [label.shape[1] for label in labels]
+        assert s["height"] == {"min": min(heights), "max": max(heights)}
+        assert s["width"] == {"min": min(widths), "max": max(widths)}
         assert len(s["sha256"]) == 64
 
 

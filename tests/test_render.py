@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import render
-from pipeline.voc import IGNORE_INDEX
+from pipeline import figures, render
+from pipeline.atomic import write_png
+from pipeline.voc import IGNORE_INDEX, label_png
 
 V = IGNORE_INDEX
 
@@ -24,7 +25,7 @@ def scene(height=36, width=48, seed=0):
 def test_label_png_round_trip_keeps_indices_and_voc_palette(tmp_path):
     label = np.array([list(range(21)) + [V]] * 3, dtype=np.uint8)
     path = tmp_path / "labels" / "2007_000033.png"
-    render.save_label_png(path, label)
+    write_png(path, label_png(label))
     reopened = Image.open(path)
     assert reopened.mode == "P"
     assert np.array_equal(np.array(reopened), label)
@@ -51,7 +52,7 @@ def test_colorize_and_overlay():
 
 
 def png_bytes(image, path):
-    render.save_png(path, image)
+    write_png(path, image)
     return path.read_bytes()
 
 
@@ -100,8 +101,8 @@ def test_compare_grid_refuses_mismatched_rows():
 def test_training_figures_render():
     matrix = np.arange(9).reshape(3, 3)
     matrix[2] = 0  # a class without ground truth: its row is blank, not a division by zero
-    confusion = render.confusion_figure(matrix, ["a", "b", "c"])
+    confusion = figures.confusion_figure(matrix, ["a", "b", "c"])
     rows = [{"epoch": e, "loss": 1.0 / (e + 1), "lr": 0.01, "val_miou": None if e % 2 else 0.1 * e} for e in range(5)]
-    history = render.history_figure(rows)
+    history = figures.history_figure(rows)
     for figure in (confusion, history):
         assert figure.mode == "RGB" and np.array(figure).std() > 0

@@ -17,6 +17,7 @@ from PIL import Image
 from pipeline.checkpoint import save_model
 from pipeline.data import VOCPrepared, prepare
 from pipeline.models import build
+from pipeline.params import UNetOptions
 from pipeline.regression import regressions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def workdir(voc_tree, tmp_path_factory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     torch.manual_seed(0)
     model = build("unet", width=4)
-    save_model(root / "models/unet/model.pt", model, architecture="unet", options={"width": 4}, num_classes=21)
+    save_model(root / "models/unet/model.pt", model, architecture="unet", options=UNetOptions(width=4), num_classes=21)
     (root / "models/unet/mlflow_run.json").write_text(json.dumps({"run_id": None}))
     return root
 
@@ -87,7 +88,7 @@ def test_predict_handles_odd_inputs_and_names_the_unreadable_one(workdir, tmp_pa
     Image.fromarray(rng.integers(0, 255, (33, 33), dtype=np.uint8), "L").save(inputs / "gray.png")
     Image.fromarray(rng.integers(0, 65535, (31, 45), dtype=np.uint16)).save(inputs / "deep.png")  # 16-bit
     (inputs / "broken.png").write_bytes(b"not an image")
-    result = stage(workdir, "stages.predict", "--model", "Unet", str(inputs / "*"), "--out", str(tmp_path / "out"),
+    result = stage(workdir, "tools.predict", "--model", "Unet", str(inputs / "*"), "--out", str(tmp_path / "out"),
                    check=False)
     assert result.returncode == 2
     assert "broken.png: not a readable image" in result.stderr
@@ -100,7 +101,7 @@ def test_predict_handles_odd_inputs_and_names_the_unreadable_one(workdir, tmp_pa
 
 
 def test_sixteen_bit_input_is_scaled_not_clipped(tmp_path):
-    from pipeline.predict import read_rgb
+    from pipeline.user_images import read_rgb
 
     ramp = np.linspace(0, 65535, 64 * 4, dtype=np.uint16).reshape(4, 64)
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
@@ -112,7 +113,8 @@ def test_sixteen_bit_input_is_scaled_not_clipped(tmp_path):
 def test_check_metrics_fails_on_a_planted_drop(workdir, tmp_path):
     assert regressions({"fcn": 0.70}, {"fcn": 0.70}, 0.005) == []
     assert regressions({"fcn": 0.697}, {"fcn": 0.70}, 0.005) == []
-    assert regressions({"fcn": 0.69}, {"fcn": 0.70}, 0.005) == ["fcn: mIoU fell from 0.7000 to 0.6900 (by 0.0100 > 0.005)"]
+    assert regressions({"fcn": 0.69}, {"fcn": 0.70},
+                       0.005) == ["fcn: mIoU fell from 0.7000 to 0.6900 (by 0.0100 > 0.005)"]
     assert regressions({"fcn": 0.71}, {"fcn": 0.70}, 0.005, exact=True)[0].startswith("fcn: mIoU 0.710000 differs")
     assert regressions({"new": 0.1}, {}, 0.005) == []
 
@@ -123,7 +125,8 @@ def test_check_metrics_fails_on_a_planted_drop(workdir, tmp_path):
         stage(workdir, "stages.evaluate", "--model", "unet")
     current = json.loads(metrics.read_text())
     (baseline / "unet.json").write_text(json.dumps({**current, "miou": current["miou"]}))
-    assert "metrics check passed" in stage(workdir, "stages.check_metrics", "--baseline", str(baseline), "--exact").stdout
+    assert "metrics check passed" in stage(workdir, "tools.check_metrics", "--baseline", str(baseline),
+                                           "--exact").stdout
     (baseline / "unet.json").write_text(json.dumps({**current, "miou": current["miou"] + 0.05}))
-    failed = stage(workdir, "stages.check_metrics", "--baseline", str(baseline), check=False)
+    failed = stage(workdir, "tools.check_metrics", "--baseline", str(baseline), check=False)
     assert failed.returncode == 2 and "error: val mIoU moved: unet: mIoU fell from" in failed.stderr

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.devtools.synthetic import ID_PREFIX, UNLISTED, write_voc_tar
 from pipeline.errors import PipelineError
-from pipeline.synthetic import ID_PREFIX, UNLISTED, write_voc_tar
 from pipeline.voc import ARCHIVE_ROOT, NUM_CLASSES, flat_palette
 
 # The smallest splits for which every class is promised in both (7 images × 3 objects ≥ 20 classes).

@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline import params as params_module
 from pipeline.data import prepare
 from pipeline.errors import PipelineError
+from pipeline.params import Params, parse
 from pipeline.train import train_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,11 +41,11 @@ def prepared(voc_tree, tmp_path_factory) -> Path:
     return out
 
 
-def tiny_params(**train_overrides) -> params_module.Params:
+def tiny_params(**train_overrides) -> Params:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw.update(json.loads(json.dumps(TINY)))
     raw["train"].update(train_overrides)
-    return params_module.parse(raw)
+    return parse(raw)
 
 
 @pytest.fixture
@@ -156,18 +156,18 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(prepared, tmp_path, monkeypatch):
-    import pipeline.train as train
+    import pipeline.optimization as optimization
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
     calls = {"n": 0}
-    original = train.segmentation_loss
+    original = optimization.segmentation_loss
 
     def poisoned(outputs, labels, aux_weight):
         calls["n"] += 1
         loss = original(outputs, labels, aux_weight)
         return loss * float("nan") if calls["n"] == 6 + 3 else loss  # 6 steps an epoch: epoch 2, step 3
 
-    monkeypatch.setattr(train, "segmentation_loss", poisoned)
+    monkeypatch.setattr(optimization, "segmentation_loss", poisoned)
     with pytest.raises(PipelineError, match=r"loss is nan at epoch 2, step 3"):
         train_model("unet", tiny_params(), prepared=prepared, checkpoint_dir=tmp_path / "ckpt", progress=False)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch-0001.pt"]
@@ -175,7 +175,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(p
 
 def test_unreachable_tracking_server_warns_and_training_finishes(prepared, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", UNREACHABLE)
-    result = train_model("unet", tiny_params(epochs=1), prepared=prepared, checkpoint_dir=tmp_path / "c", progress=False)
+    result = train_model("unet", tiny_params(epochs=1), prepared=prepared, checkpoint_dir=tmp_path / "c",
+                         progress=False)
     assert result.run_id is None
     assert result.summary["epochs"] == 1 and 0 <= result.summary["final_val_miou"] <= 1
     assert any("unreachable" in record.message for record in caplog.records)

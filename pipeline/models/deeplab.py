@@ -22,7 +22,6 @@ TORCHVISION = {
     "resnet101": deeplabv3_resnet101,
     "mobilenet_v3_large": deeplabv3_mobilenet_v3_large,
 }
-BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "resnet18")
 
 
 class DeepLab(nn.Module):

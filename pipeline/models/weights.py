@@ -41,11 +41,8 @@ _LAYOUT = {"mobilenet_v3_large": ("features.", "classifier.")}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def hub_path(weights: WeightsEnum) -> Path:
@@ -53,13 +50,10 @@ def hub_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
 
 
-def check_source(pretrained: str, sha256: str | None, where: str) -> None:
-    """The checks that need no download or hashing of a good file: a local path exists and comes with a sha256."""
+def _check_source(pretrained: str, sha256: str | None, where: str) -> None:
+    """The checks that need no download or hashing of a good file: a local path exists and comes with a sha256
+    (params.yaml's checks of the values themselves are in `pipeline.params`)."""
     if pretrained in ("imagenet", "none"):
-        if sha256 is not None:
-            raise PipelineError(
-                f"{where}.weights_sha256: only used with a local weights file, not with pretrained: {pretrained}; remove it"
-            )
         return
     path = Path(pretrained)
     if not path.is_file():
@@ -75,7 +69,7 @@ def load_backbone(backbone: nn.Module, name: str, pretrained: str, sha256: str |
     """Load ImageNet weights of torchvision's `name` classifier into `backbone` (its feature extractor).
 
     Strict for every backbone key; the classifier's keys (`fc.*`, `classifier.*`) are ignored."""
-    check_source(pretrained, sha256, where)
+    _check_source(pretrained, sha256, where)
     if pretrained == "none":
         return
     if pretrained == "imagenet":

@@ -5,11 +5,11 @@ Four measurements, each returning plain (JSON-ready) dicts:
             process and with one per core (`prepare.workers: 0`)
   loader    `VOCPrepared` read back through a DataLoader built as the training loop builds it (collate_samples,
             batches of 8): samples/s with 0 and 2 workers, steady state (workers started once, page cache warm)
-  train     one optimiser step exactly as `pipeline.train` takes it: train_batch on the device → autocast_for
-            forward → segmentation_loss → backward → step of `make_optimizer` with the default (SGD) TrainParams;
+  train     `pipeline.optimization.train_step`, the training loop's own step, with `make_optimizer` and the
+            default (SGD) TrainParams under the runtime policy training uses (`pipeline.runtime.resolve`);
             img/s = batch / median step time over the timed steps that follow the warm-up steps
-  evaluate  `pipeline.evaluate.predict` on one 375×500 image at a time (VOC's most common size), as the evaluate
-            stage calls it: img/s = 1 / median image time, and peak memory
+  evaluate  `pipeline.inference.predict` on one 375×500 image at a time (VOC's most common size), under the
+            runtime policy the evaluate stage uses: img/s = 1 / median image time, and peak memory
 
 Step counts adapt to the machine: timed steps run until `budget_s` seconds are spent, at least `min_steps` and
 at most `max_steps` of them, so a fast model is timed over many steps and a slow one (U-Net width 64, DeepLab
@@ -37,21 +37,22 @@ import resource
 import statistics
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.augment import collate_samples, train_batch
+from pipeline import runtime
+from pipeline.augment import collate_samples
 from pipeline.data import VOCPrepared, prepare
-from pipeline.evaluate import autocast_for, predict
+from pipeline.devtools.synthetic import write_voc_tar
+from pipeline.inference import predict
 from pipeline.models import build
+from pipeline.optimization import make_optimizer, train_step
 from pipeline.params import TrainParams
-from pipeline.synthetic import write_voc_tar
-from pipeline.train import make_optimizer, segmentation_loss
-from pipeline.voc import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "unet-16": ("unet", {"width": 16}),
     "unet-64": ("unet", {"width": 64}),
     # As params.yaml trains it (no auxiliary head) …
-    "deeplab-mobilenet_v3_large": ("deeplab", {"backbone": "mobilenet_v3_large", "aux_loss": False, "pretrained": "none"}),
+    "deeplab-mobilenet_v3_large": ("deeplab", {"backbone": "mobilenet_v3_large", "aux_loss": False,
+                                               "pretrained": "none"}),
     # … and as torchvision's reference trains it (auxiliary head on layer3, weight 0.5).
     "deeplab-resnet50+aux": ("deeplab", {"backbone": "resnet50", "aux_loss": True, "pretrained": "none"}),
 }
@@ -84,7 +86,6 @@ class Settings:
     budget_s: float = 5.0  # timed seconds per model and measurement, roughly (min_steps wins for slow models)
     eval_size: tuple[int, int] = (375, 500)
     eval_warmup: int = 1
-    eval_channels_last: bool = False  # stages/evaluate.py calls predict without channels_last
     variants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=lambda: dict(VARIANTS))
 
 
@@ -114,13 +115,15 @@ TARGETS: dict[str, dict[str, dict[str, float]]] = {
     "cpu": {
         # measured 53.6, 48.7, 4.7, 38.0 and 5.3 img/s
         **_per_model("train/images_per_second", "min", {
-            "fcn32s": 25, "unet-16": 24, "unet-64": 2.3, "deeplab-mobilenet_v3_large": 18, "deeplab-resnet50+aux": 2.5}),
+            "fcn32s": 25, "unet-16": 24, "unet-64": 2.3, "deeplab-mobilenet_v3_large": 18,
+            "deeplab-resnet50+aux": 2.5}),
         # measured 13.7, 12.0, 1.09, 14.2 and 1.66 img/s
         **_per_model("evaluate/images_per_second", "min", {
             "fcn32s": 6.5, "unet-16": 6, "unet-64": 0.5, "deeplab-mobilenet_v3_large": 7, "deeplab-resnet50+aux": 0.8}),
         # measured 172, 249, 706, 194 and 452 MB
         **_per_model("evaluate/peak_memory_mb", "max", {
-            "fcn32s": 350, "unet-16": 500, "unet-64": 1400, "deeplab-mobilenet_v3_large": 400, "deeplab-resnet50+aux": 900}),
+            "fcn32s": 350, "unet-16": 500, "unet-64": 1400, "deeplab-mobilenet_v3_large": 400,
+            "deeplab-resnet50+aux": 900}),
     },
     "cuda": {},
 }
@@ -193,65 +196,53 @@ def train_config(settings: Settings, device: torch.device) -> TrainParams:
 def bench_train(samples: list, name: str, settings: Settings, device: torch.device) -> dict:
     """Training throughput of variant `name` on `samples` (decoded (image, label) pairs, cycled in order)."""
     architecture, options = settings.variants[name]
-    cfg = train_config(settings, device)
-    channels_last = cfg.channels_last and device.type == "cuda"  # as in pipeline.train
+    recipe = train_config(settings, device)
+    policy = runtime.resolve(device, amp=recipe.amp, channels_last=recipe.channels_last, training=True)
     torch.manual_seed(settings.seed)
     with _PeakMemory(device) as memory:
-        net = build(architecture, num_classes=NUM_CLASSES, **options)
-        net = net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).train()
-        optimizer = make_optimizer(net, cfg)
-        batches = _cycle(samples, cfg.batch_size)
+        net = policy.place_model(build(architecture, **options)).train()
+        optimizer = make_optimizer(net, recipe)
+        batches = _cycle(samples, recipe.batch_size)
 
         def step() -> None:
-            images, labels = train_batch(next(batches), device, cfg.crop_size, cfg.scale_range, cfg.hflip, channels_last)
-            with autocast_for(device, cfg.amp):
-                outputs = net(images)
-            loss = segmentation_loss(outputs, labels, cfg.aux_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            _synchronize(device)
+            train_step(net, next(batches), optimizer, recipe, policy)
+            policy.synchronize()
 
         times = _timed(step, settings.warmup_steps, settings.min_steps, settings.max_steps, settings.budget_s)
         parameters = sum(p.numel() for p in net.parameters())
-        del net, optimizer, step
     median = statistics.median(times)
     return {"architecture": architecture, "options": options, "parameters": parameters,
-            "crop_size": list(cfg.crop_size), "batch_size": cfg.batch_size,
-            "amp": cfg.amp and device.type == "cuda", "channels_last": channels_last,
+            "crop_size": list(recipe.crop_size), "batch_size": recipe.batch_size,
+            "amp": policy.autocast_dtype is not None, "channels_last": policy.channels_last,
             "warmup_steps": settings.warmup_steps, "steps": len(times), "median_step_seconds": _round(median),
-            "images_per_second": _round(cfg.batch_size / median), **memory.result}
+            "images_per_second": _round(recipe.batch_size / median), **memory.result}
 
 
 def bench_evaluate(name: str, settings: Settings, device: torch.device) -> dict:
     """Full-resolution inference of variant `name` on one image at a time through `predict`."""
     architecture, options = settings.variants[name]
-    amp = device.type == "cuda"  # as stages/evaluate.py: bf16 autocast on CUDA
-    channels_last = settings.eval_channels_last and device.type == "cuda"
+    policy = runtime.resolve(device)  # as the evaluate stage resolves it
     torch.manual_seed(settings.seed)
     image = torch.randint(0, 256, (3, *settings.eval_size), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(settings.seed)).to(device)
     with _PeakMemory(device) as memory:
-        net = build(architecture, num_classes=NUM_CLASSES, **options)
-        net = net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
+        net = policy.place_model(build(architecture, **options)).eval()
 
         def one() -> None:
-            predict(net, image, amp=amp, channels_last=channels_last)
-            _synchronize(device)
+            predict(net, image, policy)
+            policy.synchronize()
 
         times = _timed(one, settings.eval_warmup, settings.min_steps, settings.max_steps, settings.budget_s)
-        del net, one
     median = statistics.median(times)
-    return {"architecture": architecture, "options": options, "size": list(settings.eval_size), "amp": amp,
-            "channels_last": channels_last, "warmup_images": settings.eval_warmup, "images": len(times),
-            "median_image_seconds": _round(median), "images_per_second": _round(1 / median), **memory.result}
+    return {"architecture": architecture, "options": options, "size": list(settings.eval_size),
+            "amp": policy.autocast_dtype is not None, "channels_last": policy.channels_last,
+            "warmup_images": settings.eval_warmup, "images": len(times), "median_image_seconds": _round(median),
+            "images_per_second": _round(1 / median), **memory.result}
 
 
 def run(workdir: Path, device: torch.device, settings: Settings | None = None) -> dict:
     """Every measurement on `device`, with generated data written under `workdir`; the results as one dict."""
     settings = settings or settings_for(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as pipeline.train sets it
     results: dict[str, Any] = {"device": describe(device), "settings": _jsonable(dataclasses.asdict(settings))}
     log.info("generating %d images of %d–%d px", settings.images, *settings.image_size)
     voc_root = generated_voc(workdir, settings)
@@ -259,11 +250,13 @@ def run(workdir: Path, device: torch.device, settings: Settings | None = None) -
     results["prepare"] = {}
     for workers in (1, 0):  # one process, then one per core (prepare.workers: 0, the default)
         results["prepare"][f"workers={workers}"] = bench_prepare(voc_root, prepared, workers)
-        log.info("prepare, workers=%d: %s images/s", workers, results["prepare"][f"workers={workers}"]["images_per_second"])
+        log.info("prepare, workers=%d: %s images/s", workers,
+                 results["prepare"][f"workers={workers}"]["images_per_second"])
     results["loader"] = {}
     for workers in settings.loader_workers:
         results["loader"][f"workers={workers}"] = bench_loader(prepared, workers, settings)
-        log.info("loader, workers=%d: %s samples/s", workers, results["loader"][f"workers={workers}"]["samples_per_second"])
+        log.info("loader, workers=%d: %s samples/s", workers,
+                 results["loader"][f"workers={workers}"]["samples_per_second"])
     samples = list(VOCPrepared(prepared, "train"))
     if device.type == "cuda":  # the training loop's DataLoader pins its batches (pin_memory on CUDA)
         samples = [(image.pin_memory(), label.pin_memory()) for image, label in samples]
@@ -357,7 +350,8 @@ def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
                 "|---|---:|---:|---:|---:|---|---|"]
         for name, row in results["evaluate"].items():
             out.append(f"| {name} | {row['images_per_second']:.2f} | {row['median_image_seconds']:.3f} | "
-                       f"{row['images']} | {row['peak_memory_mb']:.0f} | {target(f'evaluate/{name}/images_per_second')} | "
+                       f"{row['images']} | {row['peak_memory_mb']:.0f} | "
+                       f"{target(f'evaluate/{name}/images_per_second')} | "
                        f"{target(f'evaluate/{name}/peak_memory_mb')} |")
         out += ["", f"Peak memory: the extra memory at the peak over the measurement's start, model included "
                 f"({first['memory_method']})."]
@@ -384,11 +378,6 @@ def _cycle(samples: list, batch_size: int):
     while True:
         yield [samples[(i + j) % len(samples)] for j in range(batch_size)]
         i += batch_size
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _PeakMemory:

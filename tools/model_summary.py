@@ -49,7 +49,7 @@ def main() -> None:
     print(
         "FLOPs from `torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as 2; convolutions and matrix "
         "products only), batch of one, eval mode. Parameters include the auxiliary head (\"+ aux\"), which only "
-        "training runs; `python stages/model_summary.py` prints this table."
+        "training runs; `python -m tools.model_summary` prints this table."
     )
 
 

@@ -1,8 +1,8 @@
 """Segment your own images with a trained model.
 
-    python -m stages.predict --model deeplab photos/*.jpg --out out/
-    python -m stages.predict -m Deeplab 'photos/**/*.png' --out out/
-    python -m stages.predict --model-uri runs:/<run id>/model img.jpg --out out/
+    python -m tools.predict --model deeplab photos/*.jpg --out out/
+    python -m tools.predict -m Deeplab 'photos/**/*.png' --out out/
+    python -m tools.predict --model-uri runs:/<run id>/model img.jpg --out out/
 
 Writes <name>.png (palette PNG, VOC colours, pixel value = class id) and <name>_overlay.png per image.
 """
@@ -12,32 +12,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import checkpoint, params
-from pipeline.cli import run_stage
-from pipeline.distributed import resolve_device
+from pipeline import checkpoint, runtime
+from pipeline.cli import model_paths_from, run_stage
 from pipeline.errors import PipelineError
-from pipeline.predict import expand, segment_files
+from pipeline.params import load
 from pipeline.tracking import load_logged_model
+from pipeline.user_images import expand, segment_files
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-m", "--model", help="trained model name: loads models/<name>/model.pt (the DVC output)")
+    parser.add_argument("--model-file", type=Path, help="with --model: another model file than models/<name>/model.pt")
     source.add_argument("--model-uri", help="an MLflow model URI such as runs:/<run id>/model")
     parser.add_argument("images", nargs="+", help="image files or glob patterns")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    policy = runtime.resolve(args.device)
     paths = expand(args.images)
     if args.model_uri:
-        model = load_logged_model(args.model_uri).to(device).eval()
+        model = load_logged_model(args.model_uri)
     else:
-        key = params.load(args.params).model_key(args.model)
-        model = checkpoint.load_model(Path("models") / key / "model.pt", device)
-    failures = segment_files(model, paths, Path(args.out), device)
+        key = load(args.params).model_key(args.model)
+        model = checkpoint.load_model(model_paths_from(args, key).model_file)
+    failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy)
     print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")
     if failures:
         raise PipelineError(f"{len(failures)} file(s) could not be read: {'; '.join(failures)}")

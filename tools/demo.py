@@ -1,6 +1,6 @@
 """`make demo`: generate a small VOC-format archive and run the whole DVC pipeline on it, offline.
 
-    python -m stages.demo [--train 400 --val 100 --min-size 96 --max-size 160]
+    python -m tools.demo [--train 400 --val 100 --min-size 96 --max-size 160]
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import demo
 from pipeline.cli import run_stage
+from pipeline.devtools import demo
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from pipeline import params as params_module
 from pipeline.cli import venv_tool
+from pipeline.devtools.synthetic import write_voc_tar
 from pipeline.errors import PipelineError
-from pipeline.synthetic import write_voc_tar
+from pipeline.params import parse
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], demo_file
     md5 = write_voc_tar(tar, seed=0, n_train=images[0], n_val=images[1], min_size=sizes[0], max_size=sizes[1])
     overrides = demo_overrides(demo_file, tar, md5)
     original = params_file.read_bytes()
-    demo_params = params_module.parse(_merge(yaml.safe_load(original), overrides), source=f"{params_file} + {demo_file}")
+    demo_params = parse(_merge(yaml.safe_load(original), overrides), source=f"{params_file} + {demo_file}")
 
     # Stage commands say `python`: make it this interpreter (the venv's) even when the venv is not activated.
     bin_dir = str(Path(sys.executable).parent)
@@ -81,7 +81,8 @@ def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], demo_file
     try:
         subprocess.run(command, check=True, env=env)
     except subprocess.CalledProcessError as error:
-        raise PipelineError(f"the demo pipeline failed (dvc exp run exited {error.returncode}); see the stage output above") from None
+        raise PipelineError(f"the demo pipeline failed (dvc exp run exited {error.returncode}); "
+                            "see the stage output above") from None
     finally:
         params_file.write_bytes(original)
 

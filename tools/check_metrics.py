@@ -1,7 +1,7 @@
 """Fail when a model's val mIoU moved: the check CI runs after forcing the evaluation stages again.
 
-    python -m stages.check_metrics --against origin/main     # vs the metrics committed on a branch (dvc metrics diff)
-    python -m stages.check_metrics --baseline saved/metrics  # vs metrics/<model>.json files saved earlier
+    python -m tools.check_metrics --against origin/main     # vs the metrics committed on a branch (dvc metrics diff)
+    python -m tools.check_metrics --baseline saved/metrics  # vs metrics/<model>.json files saved earlier
     ... [--tolerance 0.005] [--exact]
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import params
 from pipeline.cli import run_stage, venv_tool
 from pipeline.errors import PipelineError
+from pipeline.params import load
 from pipeline.regression import current_scores, regressions, scores_at_revision
 
 
@@ -25,9 +25,9 @@ def main() -> None:
     parser.add_argument("--exact", action="store_true", help="any change at all fails (deterministic CPU reruns)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    config = params.load(args.params)
-    models = list(config.models)
-    tolerance = config.evaluate.max_miou_drop if args.tolerance is None else args.tolerance
+    params = load(args.params)
+    models = list(params.models)
+    tolerance = params.evaluate.max_miou_drop if args.tolerance is None else args.tolerance
     current = current_scores(models)
     if args.against:
         baseline_scores = scores_at_revision(models, args.against, venv_tool("dvc"))

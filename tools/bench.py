@@ -1,6 +1,7 @@
-"""Benchmark the hot paths (prepare, the DataLoader, a training step, evaluation) on generated data; fail on a regression.
+"""Benchmark the hot paths (prepare, the DataLoader, a training step, evaluation) on generated data; fail on a
+regression.
 
-    python -m stages.bench [--out bench/results.json] [--device auto]
+    python -m tools.bench [--out bench/results.json] [--device auto]
 
 Not a DVC stage: timings differ between machines and runs. Prints one markdown table per section, writes every
 number to `--out`, and exits 2 when a measurement misses its target in `pipeline.bench.TARGETS` (one line each).
@@ -15,13 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline import bench
 from pipeline.atomic import write_json
 from pipeline.cli import run_stage
-from pipeline.distributed import resolve_device
+from pipeline.devtools import bench
 from pipeline.errors import PipelineError
+from pipeline.runtime import resolve_device
 
-log = logging.getLogger("stages.bench")
+log = logging.getLogger("tools.bench")
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import PipelineError
-from pipeline.voc import ARCHIVE_ROOT, IGNORE_INDEX, NUM_CLASSES, flat_palette
+from pipeline.voc import ARCHIVE_ROOT, IGNORE_INDEX, NUM_CLASSES, label_png
 
 # Not a VOC year (those are 2007–2012), so a generated id can never be mistaken for a real one.
 ID_PREFIX = "2000"
@@ -108,7 +108,8 @@ def write_voc_tar(path: str | Path, *, seed: int = 0, n_train: int = 200, n_val:
     members += [(f"{root}/Annotations/{i}.xml", _annotation(i, *sizes[i])) for i in ids[:2]]
     for split in ("train", "trainval", "val"):
         listed = splits["train"] + splits["val"] if split == "trainval" else splits[split]
-        members.append((f"{root}/ImageSets/Segmentation/{split}.txt", "".join(f"{i}\n" for i in sorted(listed)).encode()))
+        members.append((f"{root}/ImageSets/Segmentation/{split}.txt",
+                        "".join(f"{i}\n" for i in sorted(listed)).encode()))
     members += [(f"{root}/JPEGImages/{i}.jpg", data) for i, data in jpegs.items()]
     members += [(f"{root}/SegmentationClass/{i}.png", data) for i, data in pngs.items()]
 
@@ -250,10 +251,8 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
 
 
 def _encode_png(label: np.ndarray) -> bytes:
-    png = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
-    png.putpalette(flat_palette())
     buffer = io.BytesIO()
-    png.save(buffer, format="PNG")
+    label_png(label).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -275,8 +274,5 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()

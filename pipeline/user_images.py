@@ -1,19 +1,24 @@
-"""Segment arbitrary image files with a trained model: any size, RGB/RGBA/grayscale/palette/16-bit inputs."""
+"""Users' own image files: find them, read any of them as RGB, and write their segmentations beside each other.
+
+Any size; RGB, RGBA, grayscale, palette or 16-bit inputs."""
 
 from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.atomic import write_png
 from pipeline.errors import PipelineError
-from pipeline.evaluate import predict
-from pipeline.render import label_to_png, overlay, save_png
+from pipeline.inference import predict
+from pipeline.render import overlay
+from pipeline.runtime import Runtime
+from pipeline.voc import label_png
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ def read_rgb(path: Path) -> np.ndarray:
         raise PipelineError(f"{path}: not a readable image ({error})") from None
 
 
-def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, device: torch.device) -> list[str]:
+def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime) -> list[str]:
     """Write `<stem>.png` (VOC palette indices) and `<stem>_overlay.png` per input; returns one line per file
     that could not be read, after processing all the others."""
     failures = []
@@ -61,9 +66,9 @@ def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, devi
             failures.append(str(error))
             log.error("%s", error)
             continue
-        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(device)
-        labels = predict(model, tensor, amp=device.type == "cuda").to(torch.uint8).cpu().numpy()
-        save_png(out_dir / f"{path.stem}.png", label_to_png(labels))
-        save_png(out_dir / f"{path.stem}_overlay.png", Image.fromarray(overlay(image, labels)))
+        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(runtime.device)
+        labels = predict(model, tensor, runtime).to(torch.uint8).cpu().numpy()
+        write_png(out_dir / f"{path.stem}.png", label_png(labels))
+        write_png(out_dir / f"{path.stem}_overlay.png", Image.fromarray(overlay(image, labels)))
         log.info("%s → %s", path, out_dir / f"{path.stem}.png")
     return failures

@@ -1,0 +1,141 @@
+"""Evaluation of a trained model on a split: full-resolution predictions, one confusion matrix accumulated on the
+device, and the files the evaluate stage writes from it (metrics, per-class and confusion tables, speed).
+
+Images are predicted one at a time: VOC's sizes vary, and padding them to a batch would change the predictions.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.atomic import atomic_dir
+from pipeline.figures import confusion_figure
+from pipeline.inference import predict
+from pipeline.metrics import ConfusionMatrix
+from pipeline.progress import Progress
+from pipeline.runtime import Runtime
+from pipeline.voc import CLASSES, NUM_CLASSES, label_png
+
+
+@dataclass
+class EvaluationRun:
+    confusion: ConfusionMatrix
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    runtime: Runtime,
+    *,
+    indices: Iterable[int] | None = None,
+    flip: bool = False,
+    scales: Iterable[float] = (1.0,),
+    on_prediction: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    progress: bool = False,
+) -> EvaluationRun:
+    """Predict every image of `dataset` (or `indices` of it: a rank's shard) and accumulate the confusion matrix.
+
+    `on_prediction(index, prediction, label)` receives each H×W prediction and label (on the device), e.g. to
+    write the palette PNG.
+    """
+    model.eval()
+    confusion = ConfusionMatrix(NUM_CLASSES, device=runtime.device)
+    indices = list(range(len(dataset)) if indices is None else indices)
+    scales = list(scales)
+    start = time.perf_counter()
+    with Progress(len(indices), desc="evaluate", unit="images", enabled=progress) as bar:
+        for index in indices:
+            image, label = dataset[index]
+            image = image.to(runtime.device, non_blocking=True)
+            label = label.to(runtime.device, non_blocking=True)
+            prediction = predict(model, image, runtime, flip=flip, scales=scales)
+            confusion.update(prediction, label.long())
+            if on_prediction is not None:
+                on_prediction(index, prediction, label)
+            bar.update(1)
+    runtime.synchronize()
+    return EvaluationRun(confusion, len(indices), time.perf_counter() - start)
+
+
+@dataclass
+class EvaluationReport:
+    """Everything the evaluate stage writes: `metrics` (compared by CI), `speed` (varies run to run, kept apart),
+    the per-class and confusion rows for DVC plots, and the raw confusion matrix."""
+
+    metrics: dict
+    speed: dict
+    per_class: list[dict]
+    confusion: list[dict]
+    matrix: torch.Tensor
+
+
+def evaluate_split(model: torch.nn.Module, dataset, runtime: Runtime, predictions_dir: Path, *, flip: bool = False,
+                   scales: Iterable[float] = (1.0,)) -> EvaluationReport:
+    """Evaluate `model` on all of `dataset`, writing each prediction as `<id>.png` (VOC palette) into
+    `predictions_dir`, which is replaced as a whole once every image is done."""
+    if runtime.on_gpu:
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+    with atomic_dir(predictions_dir) as out:
+        def save(index, prediction, _label):
+            label_png(prediction.to(torch.uint8).cpu().numpy()).save(out / f"{dataset.ids[index]}.png")
+
+        run = evaluate(model, dataset, runtime, flip=flip, scales=scales, on_prediction=save)
+    scores = run.confusion.compute()
+    peak_mb = (torch.cuda.max_memory_allocated(runtime.device) if runtime.on_gpu
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    speed = {"images_per_second": round(run.images_per_second, 2), "peak_memory_mb": round(peak_mb, 1),
+             "device": str(runtime.device), "images": run.images}
+    return EvaluationReport(metrics=report(scores), speed=speed, per_class=per_class_rows(scores),
+                            confusion=confusion_rows(run.confusion.matrix, CLASSES), matrix=run.confusion.matrix)
+
+
+def log_evaluation(tracker, evaluation: EvaluationReport) -> None:
+    """The evaluation's scores, speed, per-class table and confusion figure, into the model's MLflow run."""
+    metrics = evaluation.metrics
+    tracker.log_metrics({f"val_{name}": metrics[name]
+                         for name in ("miou", "pixel_accuracy", "mean_class_accuracy", "fw_iou")})
+    tracker.log_metrics({f"val_{name}": value for name, value in evaluation.speed.items() if isinstance(value, float)})
+    tracker.log_table({"class": list(metrics["iou"]), "iou": list(metrics["iou"].values())}, "val_per_class_iou.json")
+    tracker.log_image(confusion_figure(evaluation.matrix.cpu().numpy(), CLASSES), "val_confusion.png")
+
+
+def report(scores: dict) -> dict:
+    """The DVC metrics file: the VOC scores, with NaN (a class absent from labels and predictions) written as
+    null, and a note saying those classes are left out of the mean."""
+    iou = {name: (None if value != value else round(value, 6)) for name, value in scores["iou"].items()}
+    out = {
+        "miou": round(scores["miou"], 6),
+        "pixel_accuracy": round(scores["pixel_accuracy"], 6),
+        "mean_class_accuracy": round(scores["mean_class_accuracy"], 6),
+        "fw_iou": round(scores["fw_iou"], 6),
+        "iou": iou,
+        "absent_classes": scores["absent_classes"],
+    }
+    if scores["absent_classes"]:
+        out["note"] = (f"{len(scores['absent_classes'])} class(es) absent from both labels and predictions have "
+                       "IoU null and are left out of the mIoU")
+    return out
+
+
+def per_class_rows(scores: dict) -> list[dict]:
+    """Rows for the per-class bar chart (`dvc plots`); absent classes have no IoU and no bar."""
+    return [{"class": name, "iou": round(value, 6)} for name, value in scores["iou"].items() if value == value]
+
+
+def confusion_rows(matrix, class_names) -> list[dict]:
+    """One row per (truth, prediction) pair with its pixel count, for the `confusion_counts` DVC template."""
+    matrix = matrix.cpu().tolist() if hasattr(matrix, "cpu") else matrix
+    return [{"truth": t, "prediction": p, "pixels": int(matrix[i][j])}
+            for i, t in enumerate(class_names) for j, p in enumerate(class_names)]

@@ -1,0 +1,84 @@
+"""The runtime policy: which device, which autocast precision, which memory format, whether to compile.
+
+Decided once, here, from params and the command line, and used as is by training, evaluation, prediction and
+the bench, so that no module re-derives "bf16 on CUDA" with its own rule.
+
+- bf16 autocast on CUDA only: no loss scaling needed (unlike fp16); on the CPU bf16 autocast is slower than fp32
+  on most machines and would change the CPU results every test and rerun compares byte for byte.
+- channels_last on CUDA only: cuDNN's convolutions are faster in NHWC; the CPU's oneDNN kernels gain nothing.
+- cudnn.benchmark for training: its crops all have one size, so the autotuning is paid once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None  # None: full precision
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` on the device, in the memory format its inputs will have."""
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def place_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """A float N×3×H×W batch (already on the device) in the policy's memory format."""
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+    def synchronize(self) -> None:
+        """Wait for queued GPU work, so that a timer measures it."""
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """`auto` → the local rank's GPU when CUDA is usable, else the CPU; `cuda` under torchrun → `cuda:<local_rank>`."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PipelineError(
+                f"device {spec!r} asked for, but no CUDA GPU is visible to torch "
+                "(torch.cuda.is_available() is False): use --device cpu or train.device: auto"
+            )
+        index = int(spec.split(":")[1]) if ":" in spec else local_rank
+        if index >= torch.cuda.device_count():
+            raise PipelineError(f"device cuda:{index} asked for, but only {torch.cuda.device_count()} GPU(s) "
+                                "are visible")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def resolve(device: str | torch.device = "auto", *, amp: bool = True, channels_last: bool = True,
+            compile: bool = False, training: bool = False, local_rank: int = 0) -> Runtime:
+    """The policy for `device` (a spec such as auto, cpu, cuda:1, or a torch.device): `amp`, `channels_last` and
+    `compile` are what params ask for, granted on CUDA only (see the module docstring)."""
+    device = device if isinstance(device, torch.device) else resolve_device(device, local_rank)
+    on_gpu = device.type == "cuda"
+    if on_gpu and training:
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device=device, autocast_dtype=torch.bfloat16 if amp and on_gpu else None,
+                   channels_last=channels_last and on_gpu, compile=compile)
