@@ -75,79 +75,71 @@ class Tracker:
         log.warning("MLflow: could not %s (%s): tracking is off for the rest of this stage", what, error)
         self.active = False
 
-    def _do(self, what: str, fn, *args, **kwargs):
+    def _do(self, what: str, call):
+        """`call(mlflow)`, unless tracking is off; MLflow is imported only then, so that a machine without it
+        (or with tracking off) still runs every stage."""
         if not self.active:
             return None
         try:
-            return fn(*args, **kwargs)
+            import mlflow
+
+            return call(mlflow)
         except Exception as error:
             self._disable(what, error)
             return None
 
     def log_params(self, params: dict[str, Any]) -> None:
-        import mlflow
-
-        self._do("log params", mlflow.log_params, {k: str(v) for k, v in params.items()})
+        self._do("log params", lambda mlflow: mlflow.log_params({k: str(v) for k, v in params.items()}))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        import mlflow
-
-        self._do("set tags", mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+        self._do("set tags", lambda mlflow: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import mlflow
-
         finite = {k: float(v) for k, v in metrics.items() if v is not None and v == v}
-        self._do("log metrics", mlflow.log_metrics, finite, step=step)
+        self._do("log metrics", lambda mlflow: mlflow.log_metrics(finite, step=step))
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps already logged for `key`: a resumed run logs only the epochs that are missing."""
-        from mlflow.tracking import MlflowClient
-
-        history = self._do("read metric history", lambda: MlflowClient().get_metric_history(self.run_id, key))
+        history = self._do("read metric history",
+                           lambda mlflow: mlflow.tracking.MlflowClient().get_metric_history(self.run_id, key))
         return {m.step for m in history or []}
 
     def log_image(self, image, artifact_file: str) -> None:
-        import mlflow
-
-        self._do(f"log {artifact_file}", mlflow.log_image, image, artifact_file=artifact_file)
+        self._do(f"log {artifact_file}", lambda mlflow: mlflow.log_image(image, artifact_file=artifact_file))
 
     def log_table(self, data: dict[str, list], artifact_file: str) -> None:
-        import mlflow
-
-        self._do(f"log {artifact_file}", mlflow.log_table, data=data, artifact_file=artifact_file)
+        self._do(f"log {artifact_file}", lambda mlflow: mlflow.log_table(data=data, artifact_file=artifact_file))
 
     def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
-        import mlflow
-
-        self._do(f"log {directory}", mlflow.log_artifacts, str(directory), artifact_path=artifact_path)
+        self._do(f"log {directory}", lambda mlflow: mlflow.log_artifacts(str(directory), artifact_path=artifact_path))
 
     def log_model(self, model, *, num_classes: int) -> None:
         """The trained network via `mlflow.pytorch`, with a signature that admits any image size."""
-        import mlflow.pytorch
-        import numpy as np
-        import torch
-        from mlflow.models.signature import ModelSignature
-        from mlflow.types.schema import Schema, TensorSpec
-
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, -1, -1))]),
-        )
-        example = np.zeros((1, 3, 64, 64), dtype=np.float32)
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", "torchvision", "numpy"]
-        # Pickle, not MLflow 3's torch.export default: an exported program fixes the input size of the example
-        # and cannot be put in eval mode, and these networks take any image size.
-        self._do("log the model", mlflow.pytorch.log_model, model.cpu().eval(), name="model",
-                 signature=signature, input_example=example, pip_requirements=requirements,
-                 serialization_format="pickle")
+        self._do("log the model", lambda mlflow: _log_pytorch_model(model, num_classes))
 
     def close(self, status: str = "FINISHED") -> None:
-        import mlflow
-
         if self.active:
-            self._do("end the run", mlflow.end_run, status=status)
+            self._do("end the run", lambda mlflow: mlflow.end_run(status=status))
             self.active = False
+
+
+def _log_pytorch_model(model, num_classes: int) -> None:
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, -1, -1))]),
+    )
+    example = np.zeros((1, 3, 64, 64), dtype=np.float32)
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", "torchvision", "numpy"]
+    # Pickle, not MLflow 3's torch.export default: an exported program fixes the input size of the example
+    # and cannot be put in eval mode, and these networks take any image size.
+    mlflow.pytorch.log_model(model.cpu().eval(), name="model", signature=signature, input_example=example,
+                             pip_requirements=requirements, serialization_format="pickle")
 
 
 def provenance_tags(prepared_dir: str = "data/prepared") -> dict[str, str]:

@@ -1,0 +1,37 @@
+"""The runtime policy, decided once: what each device gets of amp, channels_last and compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.runtime import resolve
+
+
+def test_cpu_gets_full_precision_in_the_default_memory_format():
+    policy = resolve("cpu", amp=True, channels_last=True, compile=True)
+    assert policy.device == torch.device("cpu") and policy.autocast_dtype is None and not policy.channels_last
+    assert policy.compile  # what params ask for
+    net = policy.place_model(torch.nn.Conv2d(3, 4, 3))
+    batch = policy.place_input(torch.zeros(2, 3, 8, 8))
+    assert net.weight.is_contiguous() and batch.is_contiguous()
+    with policy.autocast():
+        assert net(batch).dtype == torch.float32
+
+
+def test_a_resolved_device_is_kept():
+    assert resolve(torch.device("cpu")).device == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_cuda_without_a_gpu_is_one_clear_error():
+    with pytest.raises(PipelineError, match="no CUDA GPU is visible"):
+        resolve("cuda:0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gets_bf16_autocast_and_channels_last():
+    policy = resolve("cuda", amp=True, channels_last=True)
+    assert policy.autocast_dtype == torch.bfloat16 and policy.channels_last and policy.on_gpu
+    assert resolve("cuda", amp=False).autocast_dtype is None
