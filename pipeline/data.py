@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -53,21 +54,22 @@ def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
     once every pair has been checked. Returns the per-split statistics written to `metrics/data.json`.
     """
     source = voc_dir(voc_root)
+    split_ids = _read_splits(source)
     workers = workers or os.cpu_count() or 1
     stats = {}
     with atomic_dir(out_dir) as tmp:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
             for split in SPLITS:
-                stats[split] = _prepare_split(source, split, tmp / split, pool, progress)
+                stats[split] = _prepare_split(source, split, split_ids[split], tmp / split, pool, progress)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return stats
 
 
-def _prepare_split(source: Path, split: str, out: Path, pool: ProcessPoolExecutor | None, progress: bool) -> dict:
-    ids = _read_split(source, split)
+def _prepare_split(source: Path, split: str, ids: list[str], out: Path, pool: ProcessPoolExecutor | None,
+                   progress: bool) -> dict:
     samples: list[Sample] = []
     offset = 0
     for image_id in ids:
@@ -116,8 +118,32 @@ def _prepare_split(source: Path, split: str, out: Path, pool: ProcessPoolExecuto
     }
 
 
+def _read_splits(source: Path) -> dict[str, list[str]]:
+    """The ids of each split file, refusing an id listed twice in one split or in more than one split: a val
+    image that is also trained on inflates every metric."""
+    split_ids = {split: _read_split(source, split) for split in SPLITS}
+    for split, ids in split_ids.items():
+        repeated = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
+        if repeated:
+            raise PipelineError(f"{_split_file(source, split)}: {_some(repeated)} listed more than once; "
+                                "each id must appear once (restore the official split file)")
+    shared = sorted(set.intersection(*(set(ids) for ids in split_ids.values())))
+    if shared:
+        raise PipelineError(f"{' and '.join(_split_file(source, s).name for s in SPLITS)} both list "
+                            f"{_some(shared)}; the splits must be disjoint (restore the official split files)")
+    return split_ids
+
+
+def _some(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def _split_file(source: Path, split: str) -> Path:
+    return source / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+
 def _read_split(source: Path, split: str) -> list[str]:
-    path = source / "ImageSets" / "Segmentation" / f"{split}.txt"
+    path = _split_file(source, split)
     try:
         ids = path.read_text().split()
     except FileNotFoundError:
@@ -150,6 +176,9 @@ def _open(path: Path) -> Image.Image:
                             f"the extracted archive is incomplete, run the extract stage again") from None
     except UnidentifiedImageError:
         raise PipelineError(f"{path}: not an image in a format PIL reads; re-extract the archive") from None
+    except Image.DecompressionBombError as error:  # a header declaring, say, 30000×30000: refuse before decoding
+        raise PipelineError(f"{path}: refused, far larger than any VOC image ({error}); "
+                            "re-extract the archive") from None
     except OSError as error:
         raise PipelineError(f"{path}: cannot be read ({error.strerror or error}); re-extract the archive") from None
 

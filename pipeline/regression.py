@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -16,9 +17,13 @@ def current_scores(models: list[str], metrics_dir: Path = Path("metrics")) -> di
     for name in models:
         path = metrics_dir / f"{name}.json"
         try:
-            scores[name] = json.loads(path.read_text())[METRIC]
-        except (OSError, ValueError, KeyError):
+            value = json.loads(path.read_text())[METRIC]
+        except (OSError, ValueError, KeyError, TypeError):
             raise PipelineError(f"{path}: no {METRIC} in it; run `dvc repro evaluate@{name}` first") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise PipelineError(f"{path}: {METRIC} must be a number, got {value!r}; run `dvc repro evaluate@{name}` "
+                                "again or restore the file")
+        scores[name] = float(value)
     return scores
 
 

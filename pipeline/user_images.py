@@ -31,7 +31,12 @@ def expand(patterns: Iterable[str]) -> list[Path]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise PipelineError(f"{pattern}: matches no file")
+        if not glob.has_magic(pattern) and Path(pattern).is_dir():
+            raise PipelineError(f"{pattern}: is a directory; name image files or a pattern such as "
+                                f"'{Path(pattern) / '*.jpg'}'")
         paths += [Path(match) for match in matches if not Path(match).is_dir()]
+    if not paths:
+        raise PipelineError(f"{', '.join(patterns)}: match only directories, no image file")
     return paths
 
 
@@ -50,16 +55,38 @@ def read_rgb(path: Path) -> np.ndarray:
                 gray = np.clip(values / full_range * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 return np.repeat(gray[..., None], 3, axis=2)
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except Image.DecompressionBombError:  # a header declaring, say, 30000×30000 pixels: never decoded
+        raise PipelineError(f"{path}: skipped, larger than {Image.MAX_IMAGE_PIXELS * 2} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise PipelineError(f"{path}: not a readable image ({error})") from None
+
+
+def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """`(<stem>.png, <stem>_overlay.png)` in `out_dir` for each input, checked before anything is written: two
+    inputs that would write the same file, or an output that would replace an input, are one error naming them."""
+    inputs = {path.resolve(): path for path in paths}
+    outputs, writer = [], {}
+    for path in paths:
+        pair = (out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png")
+        for output in pair:
+            if output.resolve() in inputs:
+                raise PipelineError(f"{output}: is an input image and would be overwritten by a segmentation; "
+                                    "choose another --out directory")
+            if output.resolve() in writer:
+                raise PipelineError(f"{writer[output.resolve()]} and {path} would both be written to {output}; "
+                                    "segment them into separate --out directories or rename one")
+            writer[output.resolve()] = path
+        outputs.append(pair)
+    return outputs
 
 
 def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime) -> list[str]:
     """Write `<stem>.png` (VOC palette indices) and `<stem>_overlay.png` per input; returns one line per file
     that could not be read, after processing all the others."""
+    outputs = output_paths(paths, out_dir)
     failures = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in paths:
+    for path, (label_file, overlay_file) in zip(paths, outputs):
         try:
             image = read_rgb(path)
         except PipelineError as error:
@@ -68,7 +95,7 @@ def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runt
             continue
         tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(runtime.device)
         labels = predict(model, tensor, runtime).to(torch.uint8).cpu().numpy()
-        write_png(out_dir / f"{path.stem}.png", label_png(labels))
-        write_png(out_dir / f"{path.stem}_overlay.png", Image.fromarray(overlay(image, labels)))
-        log.info("%s → %s", path, out_dir / f"{path.stem}.png")
+        write_png(label_file, label_png(labels))
+        write_png(overlay_file, Image.fromarray(overlay(image, labels)))
+        log.info("%s → %s", path, label_file)
     return failures

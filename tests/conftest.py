@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,13 @@ def voc_tree(voc_tar, tmp_path_factory) -> Path:
     with tarfile.open(voc_tar) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares `width`×`height` RGB pixels and that holds none: what a decompression bomb
+    looks like to a reader that trusts the header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")

@@ -165,3 +165,26 @@ def test_missing_voc_tree_is_an_error(tmp_path):
     with pytest.raises(PipelineError, match="no VOCdevkit/VOC2012/ImageSets/Segmentation"):
         prepare(tmp_path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_id_or_one_in_both_splits_is_refused_by_name(broken_tree, tmp_path):
+    root, voc, first_id = broken_tree
+    splits = voc / "ImageSets/Segmentation"
+    val = (splits / "val.txt").read_text()
+    (splits / "val.txt").write_text(val + val.split()[0] + "\n")
+    with pytest.raises(PipelineError, match=rf"val.txt: {val.split()[0]} listed more than once"):
+        prepare(root, tmp_path / "out", workers=1, progress=False)
+    (splits / "val.txt").write_text(val + f"{first_id}\n")  # a train image in val would inflate every metric
+    with pytest.raises(PipelineError, match=rf"train.txt and val.txt both list {first_id}; the splits must be"):
+        prepare(root, tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_declaring_30000_pixels_a_side_is_refused_by_name(broken_tree, tmp_path):
+    from conftest import png_header_only
+
+    root, voc, first_id = broken_tree
+    image = voc / f"JPEGImages/{first_id}.jpg"
+    image.write_bytes(png_header_only(30000, 30000))
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(image))}: refused, far larger than any VOC image"):
+        prepare(root, tmp_path / "out", workers=1, progress=False)

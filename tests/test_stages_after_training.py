@@ -130,3 +130,56 @@ def test_check_metrics_fails_on_a_planted_drop(workdir, tmp_path):
     (baseline / "unet.json").write_text(json.dumps({**current, "miou": current["miou"] + 0.05}))
     failed = stage(workdir, "tools.check_metrics", "--baseline", str(baseline), check=False)
     assert failed.returncode == 2 and "error: val mIoU moved: unet: mIoU fell from" in failed.stderr
+
+
+def test_predict_never_overwrites_an_input_nor_writes_one_output_twice(workdir, tmp_path):
+    rng = np.random.default_rng(0)
+    for folder in ("sub1", "sub2"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / folder / "img001.jpg")
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "sub1" / "photo.png")
+    photo = (tmp_path / "sub1" / "photo.png").read_bytes()
+
+    into_inputs = stage(workdir, "tools.predict", "--model", "unet", str(tmp_path / "sub1" / "photo.png"),
+                        "--out", str(tmp_path / "sub1"), check=False)
+    assert into_inputs.returncode == 2
+    assert "photo.png: is an input image and would be overwritten" in into_inputs.stderr
+    assert (tmp_path / "sub1" / "photo.png").read_bytes() == photo
+
+    same_stem = stage(workdir, "tools.predict", "--model", "unet", str(tmp_path / "sub*" / "img001.jpg"),
+                      "--out", str(tmp_path / "out"), check=False)
+    assert same_stem.returncode == 2
+    assert "sub1/img001.jpg and" in same_stem.stderr and "sub2/img001.jpg would both be written to" in same_stem.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_declaring_30000_pixels_a_side_is_skipped_by_name(tmp_path):
+    from conftest import png_header_only
+
+    from pipeline.errors import PipelineError
+    from pipeline.user_images import read_rgb
+
+    (tmp_path / "bomb.png").write_bytes(png_header_only(30000, 30000))
+    with pytest.raises(PipelineError, match=r"bomb.png: skipped, larger than \d+ pixels"):
+        read_rgb(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("miou", [None, "0.7", [0.7], True, float("nan")])
+def test_a_metrics_file_without_a_numeric_miou_is_one_clear_error(tmp_path, miou):
+    from pipeline.errors import PipelineError
+    from pipeline.regression import current_scores
+
+    (tmp_path / "fcn.json").write_text(json.dumps({"miou": miou}))
+    with pytest.raises(PipelineError, match=r"fcn.json: miou must be a number, got "):
+        current_scores(["fcn"], tmp_path)
+
+
+def test_predict_given_a_directory_says_so(tmp_path):
+    from pipeline.errors import PipelineError
+    from pipeline.user_images import expand
+
+    with pytest.raises(PipelineError, match=r"is a directory; name image files or a pattern such as"):
+        expand([str(tmp_path)])
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(PipelineError, match=r"match only directories, no image file"):
+        expand([str(tmp_path / "*")])
