@@ -128,8 +128,9 @@ def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options
     _save(state, path)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on `device`."""
+def load_model(path: str | Path) -> torch.nn.Module:
+    """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on the CPU (callers place it
+    with their runtime policy)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no trained model here; run `dvc repro train@<model>` first")
@@ -141,4 +142,4 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn
     options = {key: value for key, value in state["options"].items() if key not in ("pretrained", "weights_sha256")}
     model = build(state["architecture"], num_classes=state["num_classes"], **options)
     model.load_state_dict(state["state_dict"])
-    return model.to(device).eval()
+    return model.eval()

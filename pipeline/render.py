@@ -20,7 +20,7 @@ from pipeline.atomic import atomic_dir, write_png
 from pipeline.data import VOCPrepared
 from pipeline.errors import PipelineError
 from pipeline.metrics import per_image_iou
-from pipeline.voc import CLASSES, IGNORE_INDEX, palette
+from pipeline.voc import CLASSES, IGNORE_INDEX, check_label, palette
 
 MARGIN = 12
 GAP = 8
@@ -33,15 +33,6 @@ ERROR_DIM = 0.45
 PANEL_MIN_TILE = 240
 
 
-def _check_label(label: np.ndarray) -> np.ndarray:
-    label = np.asarray(label)
-    if label.ndim != 2:
-        raise ValueError(f"a label map is H×W, got shape {label.shape}")
-    if label.dtype.kind not in "ui" or (label.size and (label.min() < 0 or label.max() > 255)):
-        raise ValueError(f"a label map holds class indices 0..255, got dtype {label.dtype}")
-    return label.astype(np.uint8, copy=False)
-
-
 def _check_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.shape != (*shape, 3):
@@ -51,7 +42,7 @@ def _check_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def colorize(label: np.ndarray) -> np.ndarray:
     """H×W class indices → H×W×3 uint8 VOC colours (void 255 → the dataset's cream outline colour)."""
-    return palette()[_check_label(label)]
+    return palette()[check_label(label)]
 
 
 def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -60,7 +51,7 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndar
     Background (0) and void (255) pixels keep the photo untouched: background is black in the VOC palette and
     would only darken the scene, and the void band would draw a cream outline around every object.
     """
-    label = _check_label(label)
+    label = check_label(label)
     image = _check_image(image, label.shape)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -173,7 +164,7 @@ def panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, *, title
     """image | ground truth | prediction | errors, at the image's own resolution (a whole multiple of it when
     narrower than PANEL_MIN_TILE), with a legend of the classes in truth or prediction. In the error tile, wrong
     labelled pixels are red on the dimmed photo and void is grey."""
-    truth, prediction = _check_label(truth), _check_label(prediction)
+    truth, prediction = check_label(truth), check_label(prediction)
     if truth.shape != prediction.shape:
         raise ValueError(f"ground truth {truth.shape} and prediction {prediction.shape} differ in size")
     image = _check_image(image, truth.shape)
@@ -222,10 +213,10 @@ def compare_grid(
     lines = [_hstack(header)]
     all_labels = []
     for row in range(rows):
-        truth = _check_label(truths[row])
+        truth = check_label(truths[row])
         labels = [truth]
         for model in models:
-            labels.append(_check_label(predictions[model][row]))
+            labels.append(check_label(predictions[model][row]))
             if labels[-1].shape != truth.shape:
                 raise ValueError(f"{model!r} prediction for {ids[row]} is {labels[-1].shape}, truth is {truth.shape}")
         image = _check_image(images[row], truth.shape)

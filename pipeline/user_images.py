@@ -64,7 +64,7 @@ def read_rgb(path: Path) -> np.ndarray:
 def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     """`(<stem>.png, <stem>_overlay.png)` in `out_dir` for each input, checked before anything is written: two
     inputs that would write the same file, or an output that would replace an input, are one error naming them."""
-    inputs = {path.resolve(): path for path in paths}
+    inputs = {path.resolve() for path in paths}
     outputs, writer = [], {}
     for path in paths:
         pair = (out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.png")

@@ -37,15 +37,20 @@ def flat_palette() -> list[int]:
     return palette().reshape(-1).tolist()
 
 
-def label_png(label: np.ndarray) -> Image.Image:
-    """An 8-bit palette image whose pixel values are the class indices (255 = void), coloured with the VOC
-    palette: the format of the dataset's SegmentationClass files and of the VOC evaluation server."""
+def check_label(label: np.ndarray) -> np.ndarray:
+    """`label` as an H×W uint8 map of class indices; a ValueError for any other shape or values."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"a label map is H×W, got shape {label.shape}")
     if label.dtype.kind not in "ui" or (label.size and (label.min() < 0 or label.max() > 255)):
         raise ValueError(f"a label map holds class indices 0..255, got dtype {label.dtype}")
-    label = np.ascontiguousarray(label, dtype=np.uint8)
+    return label.astype(np.uint8, copy=False)
+
+
+def label_png(label: np.ndarray) -> Image.Image:
+    """An 8-bit palette image whose pixel values are the class indices (255 = void), coloured with the VOC
+    palette: the format of the dataset's SegmentationClass files and of the VOC evaluation server."""
+    label = np.ascontiguousarray(check_label(label))
     image = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
     image.putpalette(flat_palette())
     return image

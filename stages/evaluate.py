@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     key = params.model_key(args.model)
     paths = model_paths_from(args, key)
     policy = runtime.resolve(args.device)
-    model = checkpoint.load_model(paths.model_file, policy.device)
+    model = checkpoint.load_model(paths.model_file)
     result = evaluate_split(policy.place_model(model), VOCPrepared(args.prepared, "val"), policy, paths.predictions,
                             flip=params.evaluate.flip, scales=params.evaluate.scales)
 

@@ -1,4 +1,4 @@
-"""Stage `extract`: unpack the segmentation subset of the VOC tar into <out>/VOCdevkit/VOC2012.
+"""Stage `extract`: unpack the segmentation subset of the VOC tar as the VOCdevkit directory <out> (<out>/VOC2012).
 
     python -m stages.extract [--tar data/raw/VOCtrainval_11-May-2012.tar] [--out data/VOCdevkit]
 """
