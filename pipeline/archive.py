@@ -23,6 +23,9 @@ TOP = ARCHIVE_ROOT.split("/")[0]  # "VOCdevkit": the directory extracted as devk
 SPLIT_DIR = f"{ARCHIVE_ROOT}/ImageSets/Segmentation"
 LABEL_DIR = f"{ARCHIVE_ROOT}/SegmentationClass"
 IMAGE_DIR = f"{ARCHIVE_ROOT}/JPEGImages"
+# Every file in the VOC tar is far smaller (JPEGs of at most 500×500 are under 1 MB): a member declaring more is a
+# decompression bomb of another kind, refused before a byte is written.
+MAX_MEMBER_BYTES = 16 * 2**20
 
 
 def extract_segmentation(tar_path: str | os.PathLike, devkit_dir: str | os.PathLike, *, progress: bool = True) -> dict:
@@ -36,9 +39,9 @@ def extract_segmentation(tar_path: str | os.PathLike, devkit_dir: str | os.PathL
         # instead of decompressing 2 GB.
         with tarfile.open(tar_path, "r:") as tar:
             listed = tar.getmembers()
-            _check_complete(tar_path, listed)
             for member in listed:
                 _check_safe(tar_path, member)
+            _check_complete(tar_path, listed)
             members = {member.name: member for member in listed}
             ids = {name: _read_ids(tar, member) for name, member in members.items()
                    if name.startswith(f"{SPLIT_DIR}/") and name.endswith(".txt") and member.isfile()}
@@ -101,6 +104,11 @@ def _check_safe(tar_path: Path, member: tarfile.TarInfo) -> None:
         problem = f"{'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
     elif not (member.isfile() or member.isdir()):
         problem = "device, fifo or other special file"
+    elif member.sparse is not None:
+        # A sparse member stores holes as a map: a few hundred bytes in the tar can expand to many gigabytes.
+        problem = f"sparse file declaring {member.size} bytes"
+    elif member.size > MAX_MEMBER_BYTES:
+        problem = f"{member.size} bytes, more than the {MAX_MEMBER_BYTES} any VOC file needs"
     elif not (name == ARCHIVE_ROOT or name.startswith(f"{ARCHIVE_ROOT}/") or (name == TOP and member.isdir())):
         problem = f"outside {ARCHIVE_ROOT}/"
     else:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pipeline.atomic import atomic_file
+from pipeline.atomic import atomic_file, is_disk_full, no_space
 from pipeline.errors import PipelineError
 from pipeline.models import build
 from pipeline.params import ModelOptions
@@ -69,6 +69,17 @@ def save(directory: Path, state: dict, *, interrupted: bool = False) -> Path:
     return path
 
 
+def _nbytes(state: Any) -> int:
+    """About the size of `state` saved: its tensors' bytes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_nbytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_nbytes(value) for value in state)
+    return 0
+
+
 def _progress(state: dict) -> tuple[int, int]:
     return state["epoch"], state.get("batches_done", 0)
 
@@ -111,9 +122,40 @@ def clear(directory: Path) -> None:
 
 # --- the final model file: what evaluate, render and predict load ----------------------------------------
 
+class _RecordingWriter:
+    """A file for `torch.save` that keeps the OSError of a failed write: torch reports a full disk only as
+    "unexpected pos", which would hide the reason."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def _save(state: dict, path: Path) -> None:
-    with atomic_file(path) as tmp, open(tmp, "wb") as file:
-        torch.save(state, file)
+    """Write atomically: on any failure the file at `path` (say, the previous epoch's checkpoint) is untouched and
+    the temporary file is gone; a full disk says so, with the space needed."""
+    with atomic_file(path) as tmp:
+        writer = None
+        try:
+            with open(tmp, "wb") as file:
+                writer = _RecordingWriter(file)
+                torch.save(state, writer)
+        except (RuntimeError, OSError) as error:
+            cause = (writer.error if writer is not None else None) or error
+            if is_disk_full(cause):
+                tmp.unlink(missing_ok=True)  # closed and gone first, so the message counts its space as free
+                raise no_space(path, _nbytes(state)) from None
+            raise
 
 
 def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: ModelOptions,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.atomic import no_space
 from pipeline.errors import PipelineError
 from pipeline.layout import ModelPaths, model_paths
 
@@ -28,6 +30,14 @@ def run_stage(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as error:
+        # What no stage foresaw (a file vanishing, a permission, a full disk elsewhere): still one line, naming
+        # the file, since every output is written atomically and nothing half-written is left to explain.
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: {no_space(error.filename or '.')}", file=sys.stderr)
+        else:
+            print(f"error: {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(status or 0)
 
 

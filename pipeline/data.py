@@ -10,6 +10,7 @@ decoding, and DataLoader workers share the mapping instead of each holding a cop
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.atomic import atomic_dir, write_json
+from pipeline.atomic import atomic_dir, is_disk_full, no_space, require_space, require_writable, write_json
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
 from pipeline.voc import ARCHIVE_ROOT, CLASSES, IGNORE_INDEX, NUM_CLASSES, SPLITS
@@ -55,21 +56,27 @@ def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
     """
     source = voc_dir(voc_root)
     split_ids = _read_splits(source)
+    scanned = {split: _scan_split(source, split_ids[split]) for split in SPLITS}
+    need = sum(4 * _pixel_count(samples) for samples in scanned.values())  # 3 bytes of image + 1 of label a pixel
+    out_parent = Path(out_dir).absolute().parent
+    require_writable(out_parent, "make it writable or pass another --out")
+    require_space(out_parent, need)
     workers = workers or os.cpu_count() or 1
     stats = {}
     with atomic_dir(out_dir) as tmp:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
             for split in SPLITS:
-                stats[split] = _prepare_split(source, split, split_ids[split], tmp / split, pool, progress)
+                stats[split] = _prepare_split(split, split_ids[split], scanned[split], tmp / split, pool, progress,
+                                              need)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
     return stats
 
 
-def _prepare_split(source: Path, split: str, ids: list[str], out: Path, pool: ProcessPoolExecutor | None,
-                   progress: bool) -> dict:
+def _scan_split(source: Path, ids: list[str]) -> list[Sample]:
+    """Each pair's paths, size and offset, from the file headers alone."""
     samples: list[Sample] = []
     offset = 0
     for image_id in ids:
@@ -78,13 +85,39 @@ def _prepare_split(source: Path, split: str, ids: list[str], out: Path, pool: Pr
         height, width = _check_headers(image_path, label_path)
         samples.append((str(image_path), str(label_path), offset, height, width))
         offset += height * width
+    return samples
 
+
+def _pixel_count(samples: list[Sample]) -> int:
+    return sum(height * width for *_, height, width in samples)
+
+
+def _allocate(path: Path, size: int, need: int) -> None:
+    """An .npy file of `size` uint8 whose blocks are reserved on disk now. `open_memmap` alone makes a sparse file,
+    and a worker filling its pages on a full disk dies of SIGBUS ("Bus error"), far from any useful message."""
+    try:
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size,)).flush()
+        with open(path, "r+b") as file:
+            try:
+                os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: require_space must do
+                    raise
+    except OSError as error:
+        if is_disk_full(error):
+            raise no_space(path.parent, need) from None
+        raise
+
+
+def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path, pool: ProcessPoolExecutor | None,
+                   progress: bool, need: int) -> dict:
+    offset = _pixel_count(samples)
     # Sizes come from the headers, so both arrays can be allocated on disk now and filled in place by the
     # workers: memory stays bounded by a chunk of images, not the split (real VOC: ~1.6 GB of pixels).
     out.mkdir(parents=True)
     images_npy, labels_npy = out / "images.npy", out / "labels.npy"
     for path, size in ((images_npy, 3 * offset), (labels_npy, offset)):
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size,)).flush()
+        _allocate(path, size, need)
     chunks = [samples[i:i + CHUNK] for i in range(0, len(samples), CHUNK)]
     histogram = np.zeros(256, dtype=np.int64)
     with Progress(len(samples), desc=f"prepare {split}", unit="images", enabled=progress, logger=log) as bar:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pipeline.atomic import require_writable
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
 
@@ -73,7 +74,8 @@ def fetch(
             return dest
         log.warning("%s: %s; downloading it again", dest, problem)
         dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Checked before any source is tried, or a read-only directory would read as every source failing.
+    require_writable(dest.parent, "make it writable or pass another --out")
     part = dest.with_name(dest.name + ".part")
 
     reasons = []

@@ -225,7 +225,10 @@ def load(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as error:
-        raise PipelineError(f"{path}: not valid YAML: {str(error).splitlines()[0]}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise PipelineError(f"{where}: not valid YAML: {problem}") from None
     return parse(raw, source=str(path))
 
 

@@ -20,6 +20,25 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
+MODEL_FILE = "model.pt"
+
+# MLflow's own defaults retry a failing server for about 4 minutes per call (7 retries, exponential backoff) and
+# wait 120 s for each answer, honouring any Retry-After: a server that answers its health check but fails or hangs
+# would stall training for many minutes. Here a broken server costs a stage about 20 s (3 tries of 5 s, 1 s and 2 s
+# apart) before tracking turns itself off for that stage; uploads may take longer, since a big model can take a
+# while. A value set in the environment wins.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",
+    "MLFLOW_ARTIFACT_UPLOAD_DOWNLOAD_TIMEOUT": "300",
+}
+
+
+def bound_http_calls() -> None:
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
 
 
 def tracking_uri() -> str:
@@ -45,6 +64,7 @@ class Tracker:
         self.run_id: str | None = None
         self.active = False
         uri = tracking_uri()
+        bound_http_calls()
         reason = _reachable(uri)
         if reason is not None:
             log.warning("MLflow tracking server %s unreachable (%s): this run is not tracked; the DVC outputs "
@@ -113,33 +133,16 @@ class Tracker:
     def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
         self._do(f"log {directory}", lambda mlflow: mlflow.log_artifacts(str(directory), artifact_path=artifact_path))
 
-    def log_model(self, model, *, num_classes: int) -> None:
-        """The trained network via `mlflow.pytorch`, with a signature that admits any image size."""
-        self._do("log the model", lambda mlflow: _log_pytorch_model(model, num_classes))
+    def log_model_file(self, model_file: str | Path) -> None:
+        """The trained model as the train stage wrote it (`checkpoint.save_model`: architecture, options and a
+        state dict, read back with `weights_only=True`), under the run's `model/`. Not an `mlflow.pytorch`
+        pickle: loading one runs whatever code the artefact store holds."""
+        self._do("log the model", lambda mlflow: mlflow.log_artifact(str(model_file), artifact_path="model"))
 
     def close(self, status: str = "FINISHED") -> None:
         if self.active:
             self._do("end the run", lambda mlflow: mlflow.end_run(status=status))
             self.active = False
-
-
-def _log_pytorch_model(model, num_classes: int) -> None:
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, -1, -1))]),
-    )
-    example = np.zeros((1, 3, 64, 64), dtype=np.float32)
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", "torchvision", "numpy"]
-    # Pickle, not MLflow 3's torch.export default: an exported program fixes the input size of the example
-    # and cannot be put in eval mode, and these networks take any image size.
-    mlflow.pytorch.log_model(model.cpu().eval(), name="model", signature=signature, input_example=example,
-                             pip_requirements=requirements, serialization_format="pickle")
 
 
 def provenance_tags(prepared_dir: str = "data/prepared") -> dict[str, str]:
@@ -187,16 +190,22 @@ def resume_training_run(run_file: str | Path, experiment: str, run_name: str) ->
     return tracker
 
 
-def load_logged_model(model_uri: str):
-    """A model logged by the train stage, e.g. `runs:/<run id>/model`, from the configured tracking store."""
+def download_logged_model(model_uri: str, destination: str | Path) -> Path:
+    """The model file a train stage logged, e.g. under `runs:/<run id>/model`, copied into `destination`; load it
+    with `checkpoint.load_model`, which never unpickles code."""
     import mlflow
-    import mlflow.pytorch
 
     from pipeline.errors import PipelineError
 
+    bound_http_calls()
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
     except Exception as error:
-        raise PipelineError(f"{model_uri}: could not load it from MLflow at {tracking_uri()} "
+        raise PipelineError(f"{model_uri}: could not fetch it from MLflow at {tracking_uri()} "
                             f"({str(error).splitlines()[0]})") from None
+    model_file = local / MODEL_FILE if local.is_dir() else local
+    if not model_file.is_file():
+        raise PipelineError(f"{model_uri}: holds no {MODEL_FILE}; give the URI of a run's model logged by this "
+                            "pipeline, e.g. runs:/<run id>/model")
+    return model_file

@@ -76,10 +76,11 @@ class Session:
     resumed_run_id: str | None = None  # the MLflow run of the checkpoint resumed from
 
 
-def train_model(key: str, params: Params, *, prepared: Path, checkpoint_dir: Path, device: str | None = None,
-                progress: bool = True) -> TrainResult:
+def train_model(key: str, params: Params, *, prepared: Path, checkpoint_dir: Path, model_file: Path | None = None,
+                device: str | None = None, progress: bool = True) -> TrainResult:
     """Train the model `key` of `params` on the prepared data; returns the trained network (on the CPU, in eval
-    mode), its per-epoch history and summary. `device` overrides `train.device`."""
+    mode), its per-epoch history and summary. `model_file`: where rank 0 writes the trained model (the file
+    that is also logged to MLflow). `device` overrides `train.device`."""
     session = set_up(key, params, prepared, checkpoint_dir, device)
     first_epoch, skip_batches = resume(session)
     tracker = start_tracking(session, params, prepared) if session.world.is_main else None
@@ -100,7 +101,7 @@ def train_model(key: str, params: Params, *, prepared: Path, checkpoint_dir: Pat
         if tracker is not None:
             tracker.close("KILLED" if stop.signal_name else "FAILED")
         raise
-    return finish(session, tracker, params.tracking.experiment)
+    return finish(session, tracker, params, model_file)
 
 
 # --- the phases, in the order they run ------------------------------------------------------------------------
@@ -193,31 +194,43 @@ def train_one_epoch(session: Session, epoch: int, skip_batches: int, stop: _Stop
     batches = [order[i:i + recipe.batch_size]
                for i in range(0, session.iters_per_epoch * recipe.batch_size, recipe.batch_size)]
     loader = DataLoader(session.train_set, batch_sampler=batches[skip_batches:], collate_fn=collate_samples,
-                        num_workers=recipe.workers, pin_memory=session.runtime.on_gpu)
+                        num_workers=recipe.workers, pin_memory=session.runtime.on_gpu,
+                        worker_init_fn=_leave_signals_to_the_main_process)
     session.model.train()
     loss_sum = torch.zeros((), device=session.runtime.device)
-    seen, started = 0, time.perf_counter()
+    seen, done, interrupted, started = 0, skip_batches, False, time.perf_counter()
     with Progress(session.iters_per_epoch, initial=skip_batches, desc=f"{session.key} epoch {epoch}/{recipe.epochs}",
                   unit="batches", enabled=progress and world.is_main, log_lines=False) as bar:
-        for step, samples in enumerate(loader, start=skip_batches):
-            try:
-                loss = train_step(session.model, samples, session.optimizer, recipe, session.runtime)
-            except NonFiniteLoss as error:
-                raise PipelineError(
-                    f"models.{session.key}: {error} at epoch {epoch}, step {step + 1}; the last good checkpoint in "
-                    f"{session.checkpoint_dir} is kept: lower the learning rate (train.lr) and rerun") from None
-            session.scheduler.step()
-            loss_sum += loss
-            seen += len(samples)
-            bar.update(1)
-            if step % 10 == 0 and bar.on_terminal:  # .item() waits for the GPU: only when someone watches
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
-            if stop.requested(world, session.runtime.device):
-                if world.is_main:
-                    checkpoint.save(session.checkpoint_dir, _state(session, epoch - 1, step + 1, tracker),
-                                    interrupted=True)
-                raise PipelineError(f"interrupted by {stop.signal_name} in epoch {epoch} after {step + 1} batches; "
-                                    f"checkpoint saved to {session.checkpoint_dir}: rerun to resume")
+        try:
+            for samples in loader:
+                try:
+                    loss = train_step(session.model, samples, session.optimizer, recipe, session.runtime)
+                except NonFiniteLoss as error:
+                    raise PipelineError(
+                        f"models.{session.key}: {error} at epoch {epoch}, step {done + 1}; the last good checkpoint "
+                        f"in {session.checkpoint_dir} is kept: lower the learning rate (train.lr) and rerun") from None
+                session.scheduler.step()
+                loss_sum += loss
+                seen += len(samples)
+                done += 1
+                bar.update(1)
+                if done % 10 == 1 and bar.on_terminal:  # .item() waits for the GPU: only when someone watches
+                    bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
+                if stop.requested(world, session.runtime.device):
+                    interrupted = True
+                    break
+        except RuntimeError:
+            # A signal sent to the whole process group (a scheduler, `timeout`, Ctrl-C) can reach a DataLoader
+            # worker before `_leave_signals_to_the_main_process` runs in it; the loader then fails. The
+            # batches done so far are as good as ever: checkpoint them like any other interruption.
+            if stop.signal_name is None:
+                raise
+            interrupted = True
+    if interrupted:
+        if world.is_main:
+            checkpoint.save(session.checkpoint_dir, _state(session, epoch - 1, done, tracker), interrupted=True)
+        raise PipelineError(f"interrupted by {stop.signal_name} in epoch {epoch} after {done} batches; "
+                            f"checkpoint saved to {session.checkpoint_dir}: rerun to resume")
     seconds = time.perf_counter() - started
     return {"epoch": epoch, "loss": _mean_over_ranks(loss_sum, session.iters_per_epoch - skip_batches, world),
             "lr": session.optimizer.param_groups[0]["lr"],
@@ -245,16 +258,21 @@ def log_epochs(tracker: Tracker | None, history: list[dict]) -> None:
             tracker.log_metrics(metrics, step=row["epoch"])
 
 
-def finish(session: Session, tracker: Tracker | None, experiment: str) -> TrainResult:
-    """The summary, and on rank 0 the final metrics, the curves and the model in MLflow."""
+def finish(session: Session, tracker: Tracker | None, params: Params, model_file: Path | None) -> TrainResult:
+    """The summary, and on rank 0 the model file, and the final metrics, the curves and that file in MLflow."""
     summary = _summary(session)
+    if session.world.is_main and model_file is not None:
+        model_params = params.model(session.key)
+        checkpoint.save_model(model_file, session.net, architecture=model_params.architecture,
+                              options=model_params.options, num_classes=NUM_CLASSES)
     if tracker is not None:
         tracker.log_metrics({"final_val_miou": summary["final_val_miou"], "best_val_miou": summary["best_val_miou"]})
         tracker.log_image(history_figure(session.history), "history.png")
-        tracker.log_model(session.net, num_classes=NUM_CLASSES)
+        if model_file is not None:
+            tracker.log_model_file(model_file)
         tracker.close("FINISHED")
     return TrainResult(session.net.cpu().eval(), session.history, summary, tracker.run_id if tracker else None,
-                       experiment, session.world.is_main)
+                       params.tracking.experiment, session.world.is_main)
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
@@ -301,6 +319,13 @@ class _StopRequest:
         flag = torch.tensor([1.0 if self.signal_name else 0.0], device=device)
         dist.all_reduce(flag)  # every rank stops at the same step, or the others would hang in the next all-reduce
         return bool(flag.item() > 0)
+
+
+def _leave_signals_to_the_main_process(_worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT: sent to the process group, they would kill the worker and fail
+    the loader before the main process could save its checkpoint; the main process stops the workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _mean_over_ranks(total: torch.Tensor, steps: int, world: distributed.World) -> float:

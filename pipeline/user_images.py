@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.atomic import write_png
+from pipeline.atomic import require_writable, write_png
 from pipeline.errors import PipelineError
 from pipeline.inference import predict
 from pipeline.render import overlay
@@ -85,7 +85,7 @@ def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runt
     that could not be read, after processing all the others."""
     outputs = output_paths(paths, out_dir)
     failures = []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(out_dir, "make it writable or choose another --out")
     for path, (label_file, overlay_file) in zip(paths, outputs):
         try:
             image = read_rgb(path)

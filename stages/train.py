@@ -17,7 +17,6 @@ from pipeline.params import load
 from pipeline.tables import csv_text
 from pipeline.tracking import tracking_uri
 from pipeline.train import train_model
-from pipeline.voc import NUM_CLASSES
 
 HISTORY_COLUMNS = ("epoch", "loss", "lr", "val_miou", "images_per_second")
 PATHS = ("model_file", "run_file", "checkpoints", "history", "summary")
@@ -46,16 +45,16 @@ def main(argv: list[str] | None = None) -> None:
     paths = model_paths_from(args, key)
     try:
         result = train_model(key, params, prepared=args.prepared, checkpoint_dir=paths.checkpoints,
-                             device=args.device, progress=not args.no_progress)
+                             model_file=paths.model_file, device=args.device, progress=not args.no_progress)
         if not result.is_main:
             return  # under torchrun only rank 0 writes
-        model_params = params.model(key)
-        checkpoint.save_model(paths.model_file, result.model, architecture=model_params.architecture,
-                              options=model_params.options, num_classes=NUM_CLASSES)
         write_json(paths.run_file, {"run_id": result.run_id, "experiment": result.experiment,
                                     "tracking_uri": tracking_uri()})
         write_text(paths.history, csv_text(result.history, HISTORY_COLUMNS))
         write_json(paths.summary, result.summary)
+        # The run is complete and its outputs are written: its checkpoints are only for resuming an unfinished run,
+        # and keeping them would turn `dvc repro --force` into "resume the finished run" instead of "train again".
+        checkpoint.clear(paths.checkpoints)
         print(f"{key}: val mIoU {result.summary['final_val_miou']:.4f} after {result.summary['epochs']} epochs")
     finally:
         distributed.shutdown()

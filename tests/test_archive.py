@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import tarfile
 
 import numpy as np
@@ -117,7 +119,13 @@ HOSTILE = {
     "fifo": lambda tmp: hostile(f"{ROOT}/SegmentationClass/pipe.png", tarfile.FIFOTYPE),
     "top level": lambda tmp: hostile("evil.txt"),
     "beside VOC2012": lambda tmp: hostile("VOCdevkit/VOC2007/evil.txt"),
+    "oversized": lambda tmp: with_size(hostile(f"{ROOT}/JPEGImages/huge.jpg"), 17 * 2**20),
 }
+
+
+def with_size(info: tarfile.TarInfo, size: int) -> tarfile.TarInfo:
+    info.size = size
+    return info
 
 
 @pytest.mark.parametrize("case", HOSTILE)
@@ -129,6 +137,23 @@ def test_hostile_member_is_refused_and_nothing_is_written(tmp_path, case):
     assert repr(member.name) in str(error.value)
     assert "\n" not in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["voc.tar"]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar writes the sparse member")
+def test_a_sparse_member_is_refused_before_anything_is_written(tmp_path):
+    """A GNU sparse member: 20 GiB declared, a few KB in the tar (Python's tarfile cannot write one; GNU tar can)."""
+    tree = tmp_path / "tree"
+    for name, data in voc_files().items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    with open(tree / ROOT / "JPEGImages" / f"{TRAIN[0]}.jpg", "r+b") as file:
+        file.truncate(20 * 2**30)  # the rest of the JPEG becomes a hole
+    tar = tmp_path / "voc.tar"
+    subprocess.run(["tar", "--format=gnu", "--sparse", "-cf", str(tar), "-C", str(tree), "VOCdevkit"], check=True)
+    assert tar.stat().st_size < 1_000_000
+    with pytest.raises(PipelineError, match=r"refusing to extract member .*sparse file declaring 21474836480 bytes"):
+        extract_segmentation(tar, tmp_path / "data" / "VOCdevkit", progress=False)
+    assert not (tmp_path / "data").exists()
 
 
 def test_truncated_tar_inside_a_member(tmp_path):

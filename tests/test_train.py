@@ -60,7 +60,8 @@ def workdir(tmp_path, monkeypatch, prepared):
 
 
 def run_stage(workdir: Path, prepared: Path, *args: str, step_delay: float = 0.0) -> subprocess.Popen:
-    """`python -m stages.train …` in `workdir`; `step_delay` slows every batch so a test can kill it mid-epoch."""
+    """`python -m stages.train …` in `workdir`, as the leader of its own process group (so a test can signal the
+    group, as schedulers and `timeout` do); `step_delay` slows every batch so a test can kill it mid-epoch."""
     code = textwrap.dedent(f"""
         import sys, time
         import pipeline.augment as augment
@@ -75,7 +76,8 @@ def run_stage(workdir: Path, prepared: Path, *args: str, step_delay: float = 0.0
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-c", code, *args, "--prepared", str(prepared), "--no-progress"],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -101,26 +103,24 @@ def test_sigkill_mid_epoch_resumes_from_last_epoch_in_the_same_run(workdir, prep
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not (workdir / "models/unet/model.pt").exists()
+    first_run_id = torch.load(workdir / "checkpoints/unet/epoch-0001.pt", weights_only=True)["run_id"]
 
     second = run_stage(workdir, prepared, "--model", "unet")
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
     assert "resuming from checkpoints/unet/epoch-0001.pt (epoch 1, 0 batches" in output
     run = json.loads((workdir / "models/unet/mlflow_run.json").read_text())
-    first_run_id = torch.load(workdir / "checkpoints/unet/epoch-0001.pt", weights_only=True)["run_id"]
     assert run["run_id"] == first_run_id  # the same MLflow run continues
     for key in ("loss", "val_miou", "lr"):
         assert metric_steps(workdir, run["run_id"], key) == [1, 2]
     history = (workdir / "metrics/train/unet.csv").read_text().splitlines()
     assert history[0] == "epoch,loss,lr,val_miou,images_per_second" and len(history) == 3
 
-    # The logged model loads back from MLflow and takes any image size.
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    from pipeline.tracking import load_logged_model
+    # The model logged to MLflow is the model file itself, byte for byte.
+    from pipeline.tracking import download_logged_model
 
-    logged = load_logged_model(f"runs:/{run['run_id']}/model").eval()
-    with torch.no_grad():
-        assert logged(torch.zeros(1, 3, 37, 53)).shape == (1, 21, 37, 53)
+    logged = download_logged_model(f"runs:/{run['run_id']}/model", workdir / "downloaded")
+    assert logged.read_bytes() == (workdir / "models/unet/model.pt").read_bytes()
 
 
 @pytest.mark.slow
@@ -140,6 +140,40 @@ def test_sigterm_saves_a_mid_epoch_checkpoint_and_exits_nonzero(workdir, prepare
     assert second.returncode == 0, output
     assert f"(epoch 1, {state['batches_done']} batches into the next)" in output
     assert not (workdir / "checkpoints/unet/interrupted.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_dataloader_workers_still_saves_the_checkpoint(workdir, prepared):
+    raw = yaml.safe_load((workdir / "params.yaml").read_text())
+    raw["train"]["workers"] = 2
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    first = run_stage(workdir, prepared, "--model", "unet", step_delay=0.3)
+    wait_for(workdir / "checkpoints/unet/epoch-0001.pt", first)
+    time.sleep(1.0)
+    os.killpg(first.pid, signal.SIGTERM)  # the stage and its DataLoader workers, all at once
+    output, _ = first.communicate(timeout=60)
+    assert first.returncode == 2, output
+    assert "error: interrupted by SIGTERM in epoch 2" in output and "killed by signal" not in output
+    state = torch.load(workdir / "checkpoints/unet/interrupted.pt", weights_only=True)
+    assert state["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_stage_trains_again_to_the_same_bytes(workdir, prepared):
+    """What `dvc repro --force train@unet` runs: a finished run leaves no checkpoint to resume, so the stage
+    trains from scratch in a new MLflow run, and the same seed gives the same model.pt, byte for byte."""
+    runs = []
+    for _ in range(2):
+        stage = run_stage(workdir, prepared, "--model", "unet")
+        output, _ = stage.communicate(timeout=300)
+        assert stage.returncode == 0, output
+        assert "resuming" not in output
+        assert list((workdir / "checkpoints/unet").glob("*.pt")) == []
+        runs.append(((workdir / "models/unet/model.pt").read_bytes(),
+                     json.loads((workdir / "models/unet/mlflow_run.json").read_text())["run_id"]))
+    (first_model, first_run), (second_model, second_run) = runs
+    assert first_model == second_model
+    assert first_run != second_run
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):

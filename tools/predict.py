@@ -10,13 +10,14 @@ Writes <name>.png (palette PNG, VOC colours, pixel value = class id) and <name>_
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from pipeline import checkpoint, runtime
 from pipeline.cli import model_paths_from, run_stage
 from pipeline.errors import PipelineError
 from pipeline.params import load
-from pipeline.tracking import load_logged_model
+from pipeline.tracking import download_logged_model
 from pipeline.user_images import expand, segment_files
 
 
@@ -34,7 +35,8 @@ def main() -> int:
     policy = runtime.resolve(args.device)
     paths = expand(args.images)
     if args.model_uri:
-        model = load_logged_model(args.model_uri)
+        with tempfile.TemporaryDirectory() as downloaded:
+            model = checkpoint.load_model(download_logged_model(args.model_uri, downloaded))
     else:
         key = load(args.params).model_key(args.model)
         model = checkpoint.load_model(model_paths_from(args, key).model_file)
