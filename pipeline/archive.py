@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
+from pipeline.sbd import SBD_ROOT
 from pipeline.voc import ARCHIVE_ROOT, SPLITS
 
 log = logging.getLogger(__name__)
@@ -95,31 +97,39 @@ def _check_complete(tar_path: Path, members: list[tarfile.TarInfo]) -> None:
 
 def _check_safe(tar_path: Path, member: tarfile.TarInfo) -> None:
     name = member.name
+    problem = _hostile(member)
+    if problem is None and not (name == ARCHIVE_ROOT or name.startswith(f"{ARCHIVE_ROOT}/")
+                                or (name == TOP and member.isdir())):
+        problem = f"outside {ARCHIVE_ROOT}/"
+    if problem is not None:
+        raise _unsafe(tar_path, name, problem)
+
+
+def _hostile(member: tarfile.TarInfo) -> str | None:
+    """What makes `member` unsafe to extract from any archive, or None."""
+    name = member.name
     parts = PurePosixPath(name).parts
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        problem = "absolute path"
-    elif ".." in parts:
-        problem = "'..' in its path"
-    elif member.issym() or member.islnk():
-        problem = f"{'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
-    elif not (member.isfile() or member.isdir()):
-        problem = "device, fifo or other special file"
-    elif member.sparse is not None:
+        return "absolute path"
+    if ".." in parts:
+        return "'..' in its path"
+    if member.issym() or member.islnk():
+        return f"{'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
+    if not (member.isfile() or member.isdir()):
+        return "device, fifo or other special file"
+    if member.sparse is not None:
         # A sparse member stores holes as a map: a few hundred bytes in the tar can expand to many gigabytes.
-        problem = f"sparse file declaring {member.size} bytes"
-    elif member.size > MAX_MEMBER_BYTES:
-        problem = f"{member.size} bytes, more than the {MAX_MEMBER_BYTES} any VOC file needs"
-    elif not (name == ARCHIVE_ROOT or name.startswith(f"{ARCHIVE_ROOT}/") or (name == TOP and member.isdir())):
-        problem = f"outside {ARCHIVE_ROOT}/"
-    else:
-        return
-    raise _unsafe(tar_path, name, problem)
+        return f"sparse file declaring {member.size} bytes"
+    if member.size > MAX_MEMBER_BYTES:
+        return f"{member.size} bytes, more than the {MAX_MEMBER_BYTES} any VOC or SBD file needs"
+    return None
 
 
-def _unsafe(tar_path: Path, name: str, problem: str) -> PipelineError:
+def _unsafe(tar_path: Path, name: str, problem: str, archive: str = "the VOC archive",
+            stage: str = "download") -> PipelineError:
     return PipelineError(
-        f"{tar_path}: refusing to extract member {name!r} ({problem}); this is not the VOC archive, "
-        f"delete it and rerun the download stage"
+        f"{tar_path}: refusing to extract member {name!r} ({problem}); this is not {archive}, "
+        f"delete it and rerun the {stage} stage"
     )
 
 
@@ -152,3 +162,78 @@ def _select(
     needed.update(name for name, member in members.items()
                   if member.isfile() and name.startswith((f"{SPLIT_DIR}/", f"{LABEL_DIR}/")))
     return sorted((members[name] for name in needed), key=lambda member: member.offset)
+
+
+# --- SBD (benchmark.tgz) --------------------------------------------------------------------------------------
+
+def extract_sbd(tgz_path: str | os.PathLike, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """Extract from SBD's `benchmark.tgz` only what trainaug needs, as `out_dir/{img,cls,train.txt,val.txt}`:
+    the JPEG and `.mat` label of every id in SBD's train and val lists (not `inst/`, the instance labels).
+
+    The archive is gzip-compressed, so it is read once, as a stream: each member is checked as it arrives and the
+    wanted ones go into a temporary directory, which becomes `out_dir` only once the whole archive has been read
+    and every listed id has its two files. Returns the counts written to the log.
+    """
+    tgz_path, out_dir = Path(tgz_path), Path(out_dir)
+    if not tgz_path.is_file():
+        raise PipelineError(f"{tgz_path}: not found; run the sbd stage (dvc repro sbd)")
+    found: dict[str, set[str]] = {"img": set(), "cls": set()}
+    lists: dict[str, list[str]] = {}
+    try:
+        with atomic_dir(out_dir) as tmp, tarfile.open(tgz_path, "r|gz") as tar:
+            (tmp / "img").mkdir()
+            (tmp / "cls").mkdir()
+            for member in tar:
+                problem = _hostile(member)
+                if problem is not None:
+                    raise _unsafe(tgz_path, member.name, problem, "SBD's benchmark.tgz", "sbd")
+                kind, stem = _sbd_member(member)
+                if kind is None:
+                    continue
+                data = tar.extractfile(member).read()
+                if kind == "list":
+                    lists[stem] = data.decode("utf-8").split()
+                    (tmp / f"{stem}.txt").write_bytes(data)
+                else:
+                    (tmp / kind / f"{stem}.{'jpg' if kind == 'img' else 'mat'}").write_bytes(data)
+                    found[kind].add(stem)
+            listed = _check_sbd(tgz_path, lists, found, tmp)
+    except (tarfile.ReadError, EOFError, OSError, UnicodeDecodeError, zlib.error) as error:
+        if isinstance(error, OSError) and not isinstance(error, tarfile.TarError) and error.errno is not None:
+            raise PipelineError(f"cannot extract {tgz_path} into {out_dir}: {error.strerror or error}") from None
+        raise PipelineError(f"{tgz_path} is truncated or corrupt ({error or type(error).__name__}); delete it and "
+                            "rerun the sbd stage") from None
+    counts = {"train": len(lists["train"]), "val": len(lists["val"]), "ids": len(listed)}
+    log.info("extracted SBD into %s: %s", out_dir, counts)
+    return counts
+
+
+def _sbd_member(member: tarfile.TarInfo) -> tuple[str | None, str]:
+    """("img" | "cls" | "list", id or list name) for a member trainaug needs, (None, "") for any other."""
+    if not member.isfile() or not member.name.startswith(f"{SBD_ROOT}/"):
+        return None, ""
+    path = PurePosixPath(member.name[len(SBD_ROOT) + 1:])
+    if len(path.parts) == 1 and path.name in ("train.txt", "val.txt"):
+        return "list", path.stem
+    if len(path.parts) == 2 and (path.parts[0], path.suffix) in (("img", ".jpg"), ("cls", ".mat")):
+        return path.parts[0], path.stem
+    return None, ""
+
+
+def _check_sbd(tgz_path: Path, lists: dict[str, list[str]], found: dict[str, set[str]], tmp: Path) -> set[str]:
+    """Both lists present and every listed id with its image and label; removes what no list names. Returns the
+    listed ids."""
+    for name in ("train", "val"):
+        if name not in lists:
+            raise PipelineError(f"{tgz_path}: no {SBD_ROOT}/{name}.txt in it; this is not SBD's benchmark.tgz, "
+                                "delete it and rerun the sbd stage")
+    listed = {image_id for ids in lists.values() for image_id in ids}
+    for kind, suffix in (("img", "jpg"), ("cls", "mat")):
+        missing = sorted(listed - found[kind])
+        if missing:
+            raise PipelineError(f"{tgz_path}: {SBD_ROOT}/{kind}/{missing[0]}.{suffix} is listed but missing"
+                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; delete it and "
+                                "rerun the sbd stage")
+        for extra in found[kind] - listed:  # in the archive but in neither list: trainaug never reads it
+            (tmp / kind / f"{extra}.{suffix}").unlink()
+    return listed

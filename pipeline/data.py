@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import sbd
 from pipeline.atomic import atomic_dir, is_disk_full, no_space, require_space, require_writable, write_json
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
@@ -46,17 +47,21 @@ def voc_dir(voc_root: str | os.PathLike) -> Path:
                         f"extract the VOC archive there first (run the extract stage)")
 
 
-def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 0,
-            progress: bool = True) -> dict:
-    """Decode and check every image/label pair of the official train and val splits and pack them into `out_dir`.
+def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 0, train_set: str = "train",
+            sbd_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Decode and check every image/label pair of the train set and VOC val and pack them into `out_dir`.
 
-    `voc_root` is the directory holding `VOCdevkit/VOC2012`, or `VOCdevkit/VOC2012` itself. `workers` decoding
+    `voc_root` is the directory holding `VOCdevkit/VOC2012`, or `VOCdevkit/VOC2012` itself. `train_set`: `train`
+    (VOC's 1,464) or `trainaug` (with SBD, extracted at `sbd_root`; see `pipeline.sbd`). `workers` decoding
     processes (0 = one per core, 1 = none: decode in this process). `out_dir` is replaced as a whole, and only
     once every pair has been checked. Returns the per-split statistics written to `metrics/data.json`.
     """
     source = voc_dir(voc_root)
     split_ids = _read_splits(source)
-    scanned = {split: _scan_split(source, split_ids[split]) for split in SPLITS}
+    pairs = {"train": train_pairs(source, split_ids, train_set, sbd_root),
+             "val": [(_voc_image(source, i), _voc_label(source, i)) for i in split_ids["val"]]}
+    ids = {"train": [image_id for image_id, *_ in pairs["train"]], "val": split_ids["val"]}
+    scanned = {split: _scan_split([pair[-2:] for pair in pairs[split]]) for split in SPLITS}
     need = sum(4 * _pixel_count(samples) for samples in scanned.values())  # 3 bytes of image + 1 of label a pixel
     out_parent = Path(out_dir).absolute().parent
     require_writable(out_parent, "make it writable or pass another --out")
@@ -67,21 +72,53 @@ def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
             for split in SPLITS:
-                stats[split] = _prepare_split(split, split_ids[split], scanned[split], tmp / split, pool, progress,
-                                              need)
+                stats[split] = _prepare_split(split, ids[split], scanned[split], tmp / split, pool, progress, need)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+    from_train = Counter(source_name for _, source_name, *_ in pairs["train"])
+    stats["train"].update(set=train_set, sources={name: from_train[name] for name in ("voc", "sbd")})
+    stats["val"].update(set="val", sources={"voc": len(ids["val"]), "sbd": 0})
     return stats
 
 
-def _scan_split(source: Path, ids: list[str]) -> list[Sample]:
-    """Each pair's paths, size and offset, from the file headers alone."""
+def train_pairs(source: Path, split_ids: dict[str, list[str]], train_set: str,
+                sbd_root: str | os.PathLike | None) -> list[tuple[str, str, Path, Path]]:
+    """(id, "voc" | "sbd", image path, label path) of each training id, in id order for trainaug (VOC train's own
+    order for train). trainaug = (VOC train ∪ SBD train ∪ SBD val) − VOC val, VOC's PNG wherever VOC has one."""
+    voc_train = split_ids["train"]
+    if train_set == "train":
+        return [(i, "voc", _voc_image(source, i), _voc_label(source, i)) for i in voc_train]
+    if train_set != "trainaug":
+        raise PipelineError(f"prepare.train_set: must be trainaug or train, got {train_set!r}")
+    if sbd_root is None:
+        raise PipelineError("prepare.train_set is trainaug but no SBD directory was given; run the sbd stage "
+                            "(dvc repro sbd) or set prepare.train_set: train")
+    sbd_ids = set(sbd.read_list(sbd_root, "train")) | set(sbd.read_list(sbd_root, "val"))
+    in_voc = set(voc_train)
+    pairs = []
+    for image_id in sorted((in_voc | sbd_ids) - set(split_ids["val"])):
+        if image_id in in_voc:
+            pairs.append((image_id, "voc", _voc_image(source, image_id), _voc_label(source, image_id)))
+        else:
+            pairs.append((image_id, "sbd", sbd.image_path(sbd_root, image_id), sbd.label_path(sbd_root, image_id)))
+    return pairs
+
+
+def _voc_image(source: Path, image_id: str) -> Path:
+    return source / "JPEGImages" / f"{image_id}.jpg"
+
+
+def _voc_label(source: Path, image_id: str) -> Path:
+    return source / "SegmentationClass" / f"{image_id}.png"
+
+
+def _scan_split(pairs: list[tuple[Path, Path]]) -> list[Sample]:
+    """Each pair's paths, size and offset, from the file headers alone (an SBD `.mat` label's size is checked when
+    it is decoded: reading it means reading it whole)."""
     samples: list[Sample] = []
     offset = 0
-    for image_id in ids:
-        image_path = source / "JPEGImages" / f"{image_id}.jpg"
-        label_path = source / "SegmentationClass" / f"{image_id}.png"
+    for image_path, label_path in pairs:
         height, width = _check_headers(image_path, label_path)
         samples.append((str(image_path), str(label_path), offset, height, width))
         offset += height * width
@@ -190,6 +227,11 @@ def _read_split(source: Path, split: str) -> list[str]:
 def _check_headers(image_path: Path, label_path: Path) -> tuple[int, int]:
     """(height, width) of a pair, after the checks that need only the file headers."""
     image = _open(image_path)
+    if label_path.suffix == ".mat":
+        if not label_path.is_file():
+            raise PipelineError(f"{label_path}: missing, but listed in SBD's train.txt or val.txt; run the sbd "
+                                "stage again")
+        return image.height, image.width
     label = _open(label_path)
     if label.mode != "P":
         raise PipelineError(f"{label_path}: label mode is {label.mode!r}, want a palette ('P') PNG whose index is "
@@ -225,6 +267,9 @@ def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample]) -> np.n
     for image_path, label_path, offset, height, width in chunk:
         label = _pixels(label_path, rgb=False)
         image = _pixels(image_path, rgb=True)
+        if label.shape != (height, width):
+            raise PipelineError(f"{label_path}: label is {label.shape[1]}×{label.shape[0]} but image "
+                                f"{Path(image_path).name} is {width}×{height}; they must match pixel for pixel")
         counts = np.bincount(label.ravel(), minlength=256)
         bad = np.flatnonzero(counts[NUM_CLASSES:IGNORE_INDEX]) + NUM_CLASSES
         if bad.size:
@@ -240,7 +285,10 @@ def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample]) -> np.n
 
 
 def _pixels(path: str, *, rgb: bool) -> np.ndarray:
-    """H×W×3 RGB for an image; for a label H×W of its palette indices, which are the class ids (no colour look-up)."""
+    """H×W×3 RGB for an image; for a label H×W of its palette indices, which are the class ids (no colour look-up),
+    or of an SBD `.mat`'s `GTcls.Segmentation`."""
+    if path.endswith(".mat"):
+        return sbd.read_label(path)
     try:
         with Image.open(path) as file:
             return np.asarray(file.convert("RGB") if rgb else file)

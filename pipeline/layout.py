@@ -14,6 +14,8 @@ from pathlib import Path
 VOC_TAR = Path("data/raw/VOCtrainval_11-May-2012.tar")
 DATA = Path("data")  # extract writes data/VOCdevkit/VOC2012 here
 VOC_DEVKIT = DATA / "VOCdevkit"
+SBD_TGZ = Path("data/raw/benchmark.tgz")  # SBD's archive: a download cache, not a DVC output (see stages/sbd.py)
+SBD_DIR = DATA / "SBD"
 PREPARED = DATA / "prepared"
 DATA_METRICS = Path("metrics/data.json")
 PREDICTIONS = Path("predictions")

@@ -28,8 +28,8 @@ def _range(low: float | None = None, high: float | None = None, *, low_open: boo
 
 @dataclass(frozen=True)
 class DataParams:
-    """Where the VOC archive comes from and what it must be. Only `md5` and `size` say *what* is downloaded;
-    `urls`, `timeout_s` and `retries` only say how, so the download stage does not depend on them."""
+    """Where an archive (VOC's, in `data`; SBD's, in `sbd`) comes from and what it must be. Only `md5` and `size`
+    say *what* is downloaded; `urls`, `timeout_s` and `retries` only say how, so no stage depends on them."""
 
     urls: list[str]
     md5: str
@@ -41,6 +41,9 @@ class DataParams:
 @dataclass(frozen=True)
 class PrepareParams:
     workers: int = field(default=0, metadata={**_range(0), "doc": "0 = one per core"})
+    # trainaug: VOC train ∪ SBD train ∪ SBD val − VOC val (10,582 ids), the set every published VOC number trains
+    # on; train: VOC's 1,464 alone, with no SBD download.
+    train_set: Literal["trainaug", "train"] = "train"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class TrackingParams:
 class Params:
     data: DataParams
     models: dict[str, ModelParams]
+    sbd: DataParams | None = None
     prepare: PrepareParams = field(default_factory=PrepareParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
@@ -198,6 +202,14 @@ class Params:
             raise PipelineError(f"data.md5: must be 32 lowercase hex digits, got {self.data.md5!r}")
         if not self.data.urls:
             raise PipelineError("data.urls: list at least one URL, file:// URL or local path of the VOC tar")
+        if self.prepare.train_set == "trainaug":
+            if self.sbd is None:
+                raise PipelineError("sbd: needed by prepare.train_set: trainaug (urls, md5 and size of SBD's "
+                                    "benchmark.tgz); add the section or set prepare.train_set: train")
+            if not re.fullmatch(r"[0-9a-f]{32}", self.sbd.md5):
+                raise PipelineError(f"sbd.md5: must be 32 lowercase hex digits, got {self.sbd.md5!r}")
+            if not self.sbd.urls:
+                raise PipelineError("sbd.urls: list at least one URL, file:// URL or local path of benchmark.tgz")
         for name in self.models:
             self.train_for(name)  # check every model's overrides now, not when its stage runs
 

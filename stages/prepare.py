@@ -1,6 +1,7 @@
-"""Stage `prepare`: check the extracted VOC train/val pairs and pack them into memory-mappable arrays, with statistics.
+"""Stage `prepare`: check the pairs of the train set (VOC train, or trainaug with SBD) and of VOC val, and pack them
+into memory-mappable arrays, with statistics.
 
-    python -m stages.prepare [--voc data/VOCdevkit] [--out data/prepared] [--metrics metrics/data.json]
+    python -m stages.prepare [--voc data/VOCdevkit] [--sbd data/SBD] [--out data/prepared] [--metrics metrics/data.json]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--voc", type=Path, default=layout.VOC_DEVKIT, help="the extracted VOCdevkit directory")
+    parser.add_argument("--sbd", type=Path, default=layout.SBD_DIR, help="the extracted SBD (read for trainaug)")
     parser.add_argument("--out", type=Path, default=layout.PREPARED)
     parser.add_argument("--metrics", type=Path, default=layout.DATA_METRICS)
     return parser.parse_args(argv)
@@ -30,10 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load(args.params)
-    stats = prepare(args.voc, args.out, workers=params.prepare.workers)
+    stats = prepare(args.voc, args.out, workers=params.prepare.workers, train_set=params.prepare.train_set,
+                    sbd_root=args.sbd)
     write_json(args.metrics, stats)
     for split, split_stats in stats.items():
-        log.info("%s: %d images, %.1f %% void, sha256 %s", split, split_stats["images"],
+        log.info("%s (%s): %d images (%s), %.1f %% void, sha256 %s", split, split_stats["set"], split_stats["images"],
+                 ", ".join(f"{n} from {source}" for source, n in split_stats["sources"].items()),
                  100 * split_stats["void_fraction"], split_stats["sha256"][:12])
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devtools.synthetic import write_voc_tar
+from pipeline.archive import extract_sbd
+from pipeline.devtools.synthetic import write_sbd_tgz, write_voc_tar
 
 # Small enough to build in about a second, large enough (≥ 7 images a split) that every class is in both splits.
 SYNTHETIC = {"seed": 0, "n_train": 24, "n_val": 16, "min_size": 40, "max_size": 120}
@@ -31,6 +32,26 @@ def voc_tree(voc_tar, tmp_path_factory) -> Path:
     with tarfile.open(voc_tar) as tar:
         tar.extractall(root, filter="data")
     return root
+
+
+# SBD shares 3 VOC train ids with each of its lists and lists 3 VOC val ids in its train, plus ids of its own.
+SYNTHETIC_SBD = {"seed": 1, "n_train": 10, "n_val": 5, "overlap": 3, "min_size": 40, "max_size": 120}
+
+
+@pytest.fixture(scope="session")
+def sbd_tgz(voc_tar, tmp_path_factory) -> Path:
+    """A generated `benchmark.tgz` in SBD's real layout that goes with `voc_tar` (arguments: `SYNTHETIC_SBD`)."""
+    path = tmp_path_factory.mktemp("sbd_tgz") / "benchmark-synthetic.tgz"
+    write_sbd_tgz(path, voc_tar, **SYNTHETIC_SBD)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sbd_dir(sbd_tgz, tmp_path_factory) -> Path:
+    """`sbd_tgz` as the sbd stage extracts it: img/, cls/, train.txt, val.txt. Treat it as read-only."""
+    out = tmp_path_factory.mktemp("sbd") / "SBD"
+    extract_sbd(sbd_tgz, out, progress=False)
+    return out
 
 
 def png_header_only(width: int, height: int) -> bytes:

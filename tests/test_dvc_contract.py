@@ -16,6 +16,9 @@ from pipeline import layout
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
+# Paths a stage is given that DVC does not track, each for a stated reason: SBD's tgz is a download cache that
+# does not exist when prepare.train_set is train (stages/sbd.py).
+UNTRACKED = {"sbd": {"data/raw/benchmark.tgz"}}
 
 
 def module_file(name: str) -> Path | None:
@@ -111,7 +114,7 @@ def test_paths_passed_are_the_declared_inputs_and_outputs_and_the_layout_default
     passed = {value.as_posix() for value in given.values() if isinstance(value, Path)}
     outs = declared(stage.get("outs")) + declared(stage.get("metrics")) + declared(stage.get("plots"))
     data_deps = [dep for dep in declared(stage.get("deps")) if not is_code(dep)]
-    assert passed == set(outs) | set(data_deps), f"{name}: cmd passes {sorted(passed)}"
+    assert passed - UNTRACKED.get(name, set()) == set(outs) | set(data_deps), f"{name}: cmd passes {sorted(passed)}"
 
     # Run by hand with no path options, the stage reads and writes the same files as under DVC.
     selector = argv[3:5] if argv[3] == "--model" else argv[3:4] if argv[3] == "--compare" else []

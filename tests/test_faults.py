@@ -159,9 +159,10 @@ def test_a_checkpoint_on_a_full_disk_is_one_message_and_the_previous_one_is_kept
         assert torch.load(small / "epoch-0001.pt", weights_only=True)["epoch"] == 1
 
 
-def test_prepare_on_a_full_disk_says_so_before_writing_and_leaves_nothing(tmp_path, voc_tree):
+def test_prepare_on_a_full_disk_says_so_before_writing_and_leaves_nothing(tmp_path, voc_tree, sbd_dir):
     with small_filesystem(tmp_path / "small", "256k") as small:
-        result = run(REPO, "stages.prepare", "--voc", str(voc_tree), "--out", str(small / "prepared"),
+        result = run(REPO, "stages.prepare", "--voc", str(voc_tree), "--sbd", str(sbd_dir),
+                     "--out", str(small / "prepared"),
                      "--metrics", str(tmp_path / "data.json"))
         assert "no space left on" in one_line_error(result) and "need about" in result.stderr
         assert os.listdir(small) == []
@@ -228,9 +229,10 @@ def read_only_dir(path: Path):
             yield mounted
 
 
-def test_read_only_outputs_are_one_line_naming_the_directory(tmp_path, voc_tree, voc_tar):
+def test_read_only_outputs_are_one_line_naming_the_directory(tmp_path, voc_tree, voc_tar, sbd_dir):
     with read_only_dir(tmp_path / "ro") as ro:
-        prepared = run(REPO, "stages.prepare", "--voc", str(voc_tree), "--out", str(ro / "prepared"),
+        prepared = run(REPO, "stages.prepare", "--voc", str(voc_tree), "--sbd", str(sbd_dir),
+                       "--out", str(ro / "prepared"),
                        "--metrics", str(tmp_path / "data.json"))
         assert f"cannot write in {ro}" in one_line_error(prepared)
 

@@ -1,8 +1,10 @@
-"""The real DVC data stages on the generated archive: `dvc repro` succeeds, and a second one runs nothing."""
+"""The real DVC data stages on the generated archives: `dvc repro` succeeds, and a second one runs nothing; with
+prepare.train_set: train, SBD is never fetched."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,15 +28,17 @@ def dvc(project: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def project(tmp_path, voc_tar) -> Path:
+def project(tmp_path, voc_tar, sbd_tgz) -> Path:
     """A copy of the pipeline definition and code in a fresh git + DVC repository, with params pointing at the
-    generated tar through a file:// URL."""
+    generated tar and tgz through file:// URLs."""
     for name in ("pipeline", "stages"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"].update(urls=[voc_tar.as_uri()], md5=hashlib.md5(voc_tar.read_bytes()).hexdigest(),
                        size=voc_tar.stat().st_size)
+    raw["sbd"].update(urls=[sbd_tgz.as_uri()], md5=hashlib.md5(sbd_tgz.read_bytes()).hexdigest(),
+                      size=sbd_tgz.stat().st_size)
     raw["prepare"]["workers"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -45,9 +49,10 @@ def project(tmp_path, voc_tar) -> Path:
 @pytest.mark.slow
 def test_data_stages_run_once_then_are_up_to_date(project, voc_tree):
     first = dvc(project, "repro", "prepare")
-    for stage in ("download", "extract", "prepare"):
+    for stage in ("download", "extract", "sbd", "prepare"):
         assert f"Running stage '{stage}'" in first
-    assert (project / "metrics/data.json").is_file()
+    stats = json.loads((project / "metrics/data.json").read_text())
+    assert stats["train"]["set"] == "trainaug" and stats["train"]["sources"]["sbd"] > 0
     val_ids = (voc_tree / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
     assert len(VOCPrepared(project / "data/prepared", "val")) == len(val_ids)
 
@@ -60,3 +65,17 @@ def test_data_stages_run_once_then_are_up_to_date(project, voc_tree):
     raw["data"]["urls"].insert(0, "http://127.0.0.1:9/VOCtrainval_11-May-2012.tar")
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     assert "Running stage" not in dvc(project, "repro", "prepare")
+
+
+@pytest.mark.slow
+def test_train_set_train_never_fetches_sbd(project, voc_tree):
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["prepare"]["train_set"] = "train"
+    raw["sbd"]["urls"] = ["http://127.0.0.1:9/benchmark.tgz"]  # nothing answers there
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    dvc(project, "repro", "prepare")
+    assert list((project / "data/SBD").iterdir()) == []
+    assert not (project / "data/raw/benchmark.tgz").exists()
+    stats = json.loads((project / "metrics/data.json").read_text())
+    voc_train = (voc_tree / "VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    assert stats["train"]["set"] == "train" and stats["train"]["sources"] == {"voc": len(voc_train), "sbd": 0}

@@ -1,9 +1,9 @@
-"""`make demo`: the real DVC pipeline, offline, on a generated VOC-format archive.
+"""`make demo`: the real DVC pipeline, offline, on generated VOC- and SBD-format archives.
 
-The generated tar goes through the same `download` stage as the real one (a file:// URL and its md5), and
-every other stage runs unchanged. The demo's params (params.demo.yaml) are applied as `dvc exp run -S`
-overrides, so the run is recorded as a DVC experiment (`dvc exp show`), and params.yaml is restored
-byte for byte afterwards, whatever happens.
+The generated VOC tar and SBD tgz go through the same `download` and `sbd` stages as the real ones (file:// URLs
+and their md5s), the demo trains on their trainaug, and every other stage runs unchanged. The demo's params
+(params.demo.yaml) are applied as `dvc exp run -S` overrides, so the run is recorded as a DVC experiment
+(`dvc exp show`), and params.yaml is restored byte for byte afterwards, whatever happens.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from pipeline.cli import venv_tool
-from pipeline.devtools.synthetic import write_voc_tar
+from pipeline.devtools.synthetic import write_sbd_tgz, write_voc_tar
 from pipeline.errors import PipelineError
 from pipeline.params import parse
 
@@ -60,16 +60,20 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def demo_overrides(demo_file: Path, tar: Path, md5: str) -> dict:
+def demo_overrides(demo_file: Path, tar: Path, md5: str, sbd_tgz: Path, sbd_md5: str) -> dict:
     overrides = yaml.safe_load(demo_file.read_text()) or {}
     overrides["data"] = {"urls": [tar.resolve().as_uri()], "md5": md5, "size": tar.stat().st_size}
+    overrides["sbd"] = {"urls": [sbd_tgz.resolve().as_uri()], "md5": sbd_md5, "size": sbd_tgz.stat().st_size}
     return overrides
 
 
-def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], demo_file: Path = Path("params.demo.yaml"),
-        params_file: Path = Path("params.yaml"), min_miou: float = MIN_MIOU) -> dict[str, float]:
+def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], sbd_tgz: Path, sbd_images: tuple[int, int],
+        sbd_overlap: int, demo_file: Path = Path("params.demo.yaml"), params_file: Path = Path("params.yaml"),
+        min_miou: float = MIN_MIOU) -> dict[str, float]:
     md5 = write_voc_tar(tar, seed=0, n_train=images[0], n_val=images[1], min_size=sizes[0], max_size=sizes[1])
-    overrides = demo_overrides(demo_file, tar, md5)
+    sbd_md5 = write_sbd_tgz(sbd_tgz, tar, seed=1, n_train=sbd_images[0], n_val=sbd_images[1], overlap=sbd_overlap,
+                            min_size=sizes[0], max_size=sizes[1])
+    overrides = demo_overrides(demo_file, tar, md5, sbd_tgz, sbd_md5)
     original = params_file.read_bytes()
     demo_params = parse(_merge(yaml.safe_load(original), overrides), source=f"{params_file} + {demo_file}")
 

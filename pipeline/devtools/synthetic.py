@@ -13,12 +13,13 @@ them from appearance alone; sizes, positions, colours and brightness are jittere
 from __future__ import annotations
 
 import colorsys
+import gzip
 import hashlib
 import io
 import math
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -118,6 +119,86 @@ def write_voc_tar(path: str | Path, *, seed: int = 0, n_train: int = 200, n_val:
             for name, data in members:
                 _add(tar, name, data)
         return _md5(tmp)
+
+
+def write_sbd_tgz(path: str | Path, voc_tar: str | Path, *, seed: int = 1, n_train: int = 40, n_val: int = 20,
+                  overlap: int = 4, min_size: int = 96, max_size: int = 160) -> str:
+    """Write an SBD-layout `benchmark.tgz` that goes with the generated VOC tar `voc_tar`, atomically, and return its
+    md5. Like the real one, it shares ids with VOC: SBD train lists `overlap` VOC train ids and `overlap` VOC val
+    ids (which trainaug must leave out), SBD val another `overlap` VOC train ids, each with VOC's JPEG and its
+    label without the void band (SBD has none); plus `n_train` and `n_val` new ids. Labels are `cls/<id>.mat`
+    files holding the real structure (`GTcls.Segmentation`), written by scipy; `inst/` and an unlisted image are
+    there too, for extraction to skip. The same arguments give a byte-identical archive.
+    """
+    if n_train < 0 or n_val < 0 or overlap < 0:
+        raise PipelineError("synthetic SBD: n_train, n_val and overlap must be >= 0")
+    voc = _read_voc_tar(voc_tar)
+    if len(voc["train"]) < 2 * overlap or len(voc["val"]) < overlap:
+        raise PipelineError(f"synthetic SBD: overlap {overlap} needs {2 * overlap} VOC train and {overlap} VOC val "
+                            "ids")
+    rng = np.random.default_rng(seed)
+    new_ids = [f"{ID_PREFIX}_{500001 + k:06d}" for k in range(n_train + n_val + 1)]  # the last one is unlisted
+    lists = {"train": voc["train"][:overlap] + voc["val"][:overlap] + new_ids[:n_train],
+             "val": voc["train"][overlap:2 * overlap] + new_ids[n_train:n_train + n_val]}
+    jpegs, labels = {}, {}
+    for image_id in voc["train"][:2 * overlap] + voc["val"][:overlap]:
+        jpegs[image_id] = voc["jpegs"][image_id]
+        labels[image_id] = np.where(voc["labels"][image_id] == IGNORE_INDEX, 0, voc["labels"][image_id])
+    for image_id, classes in zip(new_ids, _object_classes(rng, len(new_ids))):
+        height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+        image, label = _sample(rng, height, width, classes)
+        jpegs[image_id] = _encode_jpeg(image)
+        labels[image_id] = np.where(label == IGNORE_INDEX, 0, label).astype(np.uint8)
+
+    root = "benchmark_RELEASE/dataset"
+    members: list[tuple[str, bytes | None]] = [(d, None) for d in (
+        "benchmark_RELEASE", root, f"{root}/img", f"{root}/cls", f"{root}/inst")]
+    members += [(f"{root}/{name}.txt", "".join(f"{i}\n" for i in ids).encode()) for name, ids in lists.items()]
+    members += [(f"{root}/img/{i}.jpg", jpegs[i]) for i in sorted(jpegs)]
+    members += [(f"{root}/cls/{i}.mat", _encode_mat(labels[i])) for i in sorted(labels)]
+    members += [(f"{root}/inst/{i}.mat", _encode_mat(labels[i])) for i in sorted(labels)[:2]]
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as file, gzip.GzipFile(fileobj=file, mode="wb", mtime=MTIME, filename="") as packed:
+            with tarfile.open(fileobj=packed, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for name, data in members:
+                    _add(tar, name, data)
+        return _md5(tmp)
+
+
+def _read_voc_tar(voc_tar: str | Path) -> dict:
+    """The split lists, JPEG bytes and label arrays of a generated VOC tar."""
+    found: dict = {"jpegs": {}, "labels": {}}
+    with tarfile.open(voc_tar) as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            name = PurePosixPath(member.name)
+            data = tar.extractfile(member).read()
+            if name.parent.name == "Segmentation" and name.stem in ("train", "val"):
+                found[name.stem] = data.decode().split()
+            elif name.parent.name == "JPEGImages":
+                found["jpegs"][name.stem] = data
+            elif name.parent.name == "SegmentationClass":
+                with Image.open(io.BytesIO(data)) as label:
+                    found["labels"][name.stem] = np.array(label)
+    return found
+
+
+def _encode_mat(label: np.ndarray) -> bytes:
+    """`GTcls` as SBD stores it (Segmentation, Boundaries, CategoriesPresent), with the header's creation date
+    fixed so that the bytes depend on the label alone."""
+    import scipy.io
+
+    buffer = io.BytesIO()
+    present = np.unique(label[label > 0]).astype(np.uint8).reshape(-1, 1)
+    boundaries = np.empty((NUM_CLASSES - 1, 1), dtype=object)
+    for k in range(NUM_CLASSES - 1):
+        boundaries[k, 0] = np.zeros((0, 0), dtype=np.uint8)
+    scipy.io.savemat(buffer, {"GTcls": {"Segmentation": label.astype(np.uint8), "Boundaries": boundaries,
+                                        "CategoriesPresent": present}})
+    data = bytearray(buffer.getvalue())
+    data[:116] = b"MATLAB 5.0 MAT-file, generated by pipeline.devtools.synthetic".ljust(116)
+    return bytes(data)
 
 
 def _object_classes(rng: np.random.Generator, n_images: int) -> list[list[int]]:
