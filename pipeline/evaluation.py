@@ -55,7 +55,8 @@ def evaluate(
     indices = list(range(len(dataset)) if indices is None else indices)
     scales = list(scales)
     start = time.perf_counter()
-    with Progress(len(indices), desc="evaluate", unit="images", enabled=progress) as bar:
+    with runtime.without_autotuning(), Progress(len(indices), desc="evaluate", unit="images",
+                                                enabled=progress) as bar:
         for index in indices:
             image, label = dataset[index]
             image = image.to(runtime.device, non_blocking=True)

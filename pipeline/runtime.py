@@ -9,7 +9,9 @@ the bench, so that no module re-derives "bf16 on CUDA" with its own rule.
   2 cores: U-Net and MobileNetV3 training 1.3–1.5×, inference 1.5–2×), but NHWC changes the CPU's rounding, and
   the demo's DeepLab, trained from scratch for 15 epochs, then lands anywhere between 0.52 and 0.60 val mIoU:
   the CPU keeps the default format until the demo's recipe has a margin that does not depend on it.
-- cudnn.benchmark for training: its crops all have one size, so the autotuning is paid once.
+- cudnn.benchmark for training: its crops all have one size, so the autotuning is paid once; never while
+  evaluating (`without_autotuning`): VOC val has hundreds of image sizes, and autotuning each new one cost an H100
+  417 ms an image against 30 ms without it (FCN-32s, bf16, issue #12's measurement).
 """
 
 from __future__ import annotations
@@ -49,6 +51,17 @@ class Runtime:
     def place_input(self, batch: torch.Tensor) -> torch.Tensor:
         """A float N×3×H×W batch (already on the device) in the policy's memory format."""
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+    @contextlib.contextmanager
+    def without_autotuning(self):
+        """cudnn.benchmark off for the block (in-loop validation runs inside a training process that turned it on),
+        then back as it was."""
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = previous
 
     def synchronize(self) -> None:
         """Wait for queued GPU work, so that a timer measures it."""

@@ -35,3 +35,30 @@ def test_cuda_gets_bf16_autocast_and_channels_last():
     policy = resolve("cuda", amp=True, channels_last=True)
     assert policy.autocast_dtype == torch.bfloat16 and policy.channels_last and policy.on_gpu
     assert resolve("cuda", amp=False).autocast_dtype is None
+
+
+def test_evaluation_never_autotunes_and_training_keeps_its_setting(monkeypatch):
+    """Validation inside a training process must not autotune each of VOC's image sizes; afterwards training's
+    cudnn.benchmark is back as it was."""
+    import torch
+
+    from pipeline.evaluation import evaluate
+    from pipeline.models import build
+    from pipeline.runtime import resolve
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = build("unet", width=4)
+
+        def forward(self, x):
+            seen.append(torch.backends.cudnn.benchmark)
+            return self.net(x)
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    images = [(torch.zeros(3, h, 20, dtype=torch.uint8), torch.zeros(h, 20, dtype=torch.uint8)) for h in (16, 24)]
+    evaluate(Recorder(), images, resolve("cpu"))
+    assert seen == [False, False]
+    assert torch.backends.cudnn.benchmark is True
