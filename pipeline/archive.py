@@ -13,6 +13,7 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from pipeline import sbd
 from pipeline.atomic import atomic_dir
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
@@ -166,6 +167,8 @@ def _select(
 
 # --- SBD (benchmark.tgz) --------------------------------------------------------------------------------------
 
+_SBD_FILES = {sbd.IMAGE_DIR: sbd.IMAGE_SUFFIX, sbd.LABEL_DIR: sbd.LABEL_SUFFIX}  # folder → suffix of its files
+
 def extract_sbd(tgz_path: str | os.PathLike, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
     """Extract from SBD's `benchmark.tgz` only what trainaug needs, as `out_dir/{img,cls,train.txt,val.txt}`:
     the JPEG and `.mat` label of every id in SBD's train and val lists (not `inst/`, the instance labels).
@@ -177,12 +180,12 @@ def extract_sbd(tgz_path: str | os.PathLike, out_dir: str | os.PathLike, *, prog
     tgz_path, out_dir = Path(tgz_path), Path(out_dir)
     if not tgz_path.is_file():
         raise PipelineError(f"{tgz_path}: not found; run the sbd stage (dvc repro sbd)")
-    found: dict[str, set[str]] = {"img": set(), "cls": set()}
+    found: dict[str, set[str]] = {folder: set() for folder in _SBD_FILES}
     lists: dict[str, list[str]] = {}
     try:
         with atomic_dir(out_dir) as tmp, tarfile.open(tgz_path, "r|gz") as tar:
-            (tmp / "img").mkdir()
-            (tmp / "cls").mkdir()
+            for folder in _SBD_FILES:
+                (tmp / folder).mkdir()
             for member in tar:
                 problem = _hostile(member)
                 if problem is not None:
@@ -195,7 +198,7 @@ def extract_sbd(tgz_path: str | os.PathLike, out_dir: str | os.PathLike, *, prog
                     lists[stem] = data.decode("utf-8").split()
                     (tmp / f"{stem}.txt").write_bytes(data)
                 else:
-                    (tmp / kind / f"{stem}.{'jpg' if kind == 'img' else 'mat'}").write_bytes(data)
+                    (tmp / kind / f"{stem}{_SBD_FILES[kind]}").write_bytes(data)
                     found[kind].add(stem)
             listed = _check_sbd(tgz_path, lists, found, tmp)
     except (tarfile.ReadError, EOFError, OSError, UnicodeDecodeError, zlib.error) as error:
@@ -213,9 +216,9 @@ def _sbd_member(member: tarfile.TarInfo) -> tuple[str | None, str]:
     if not member.isfile() or not member.name.startswith(f"{SBD_ROOT}/"):
         return None, ""
     path = PurePosixPath(member.name[len(SBD_ROOT) + 1:])
-    if len(path.parts) == 1 and path.name in ("train.txt", "val.txt"):
+    if len(path.parts) == 1 and path.suffix == ".txt" and path.stem in sbd.LISTS:
         return "list", path.stem
-    if len(path.parts) == 2 and (path.parts[0], path.suffix) in (("img", ".jpg"), ("cls", ".mat")):
+    if len(path.parts) == 2 and _SBD_FILES.get(path.parts[0]) == path.suffix:
         return path.parts[0], path.stem
     return None, ""
 
@@ -223,17 +226,17 @@ def _sbd_member(member: tarfile.TarInfo) -> tuple[str | None, str]:
 def _check_sbd(tgz_path: Path, lists: dict[str, list[str]], found: dict[str, set[str]], tmp: Path) -> set[str]:
     """Both lists present and every listed id with its image and label; removes what no list names. Returns the
     listed ids."""
-    for name in ("train", "val"):
+    for name in sbd.LISTS:
         if name not in lists:
             raise PipelineError(f"{tgz_path}: no {SBD_ROOT}/{name}.txt in it; this is not SBD's benchmark.tgz, "
                                 "delete it and rerun the sbd stage")
     listed = {image_id for ids in lists.values() for image_id in ids}
-    for kind, suffix in (("img", "jpg"), ("cls", "mat")):
+    for kind, suffix in _SBD_FILES.items():
         missing = sorted(listed - found[kind])
         if missing:
-            raise PipelineError(f"{tgz_path}: {SBD_ROOT}/{kind}/{missing[0]}.{suffix} is listed but missing"
+            raise PipelineError(f"{tgz_path}: {SBD_ROOT}/{kind}/{missing[0]}{suffix} is listed but missing"
                                 f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; delete it and "
                                 "rerun the sbd stage")
         for extra in found[kind] - listed:  # in the archive but in neither list: trainaug never reads it
-            (tmp / kind / f"{extra}.{suffix}").unlink()
+            (tmp / kind / f"{extra}{suffix}").unlink()
     return listed

@@ -103,6 +103,17 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+@contextlib.contextmanager
+def full_disk_reported(path: str | os.PathLike, need_bytes: int | None = None) -> Iterator[None]:
+    """A full disk inside the block ends as `no_space(path, need_bytes)`; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if is_disk_full(error):
+            raise no_space(path, need_bytes) from None
+        raise
+
+
 def require_space(directory: str | os.PathLike, need_bytes: int) -> None:
     """Refuse up front when `directory`'s filesystem has less than `need_bytes` free."""
     directory = Path(directory)
@@ -130,21 +141,19 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_once(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private to their writer
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp_path, path)
-    except OSError as error:
-        if is_disk_full(error):
-            raise no_space(path) from None
-        raise
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    # Outside the clean-up below, so that a full-disk message counts the removed temporary's space as free.
+    with full_disk_reported(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private to their writer
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -153,23 +162,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_once(path.parent)
-    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp_path, 0o777 & ~_umask())
-    try:
-        yield tmp_path
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.{_owner()}.old.tmp")
-            os.replace(path, old)
-        os.replace(tmp_path, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as error:
-        if is_disk_full(error):
-            raise no_space(path) from None
-        raise
-    finally:
-        shutil.rmtree(tmp_path, ignore_errors=True)
+    with full_disk_reported(path):
+        tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp_path, 0o777 & ~_umask())
+        try:
+            yield tmp_path
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.{_owner()}.old.tmp")
+                os.replace(path, old)
+            os.replace(tmp_path, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

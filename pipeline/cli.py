@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import logging
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.atomic import no_space
+from pipeline.atomic import is_disk_full, no_space
 from pipeline.errors import PipelineError
 from pipeline.layout import ModelPaths, model_paths
 
@@ -33,7 +32,7 @@ def run_stage(main: Callable[[], int | None]) -> None:
     except OSError as error:
         # What no stage foresaw (a file vanishing, a permission, a full disk elsewhere): still one line, naming
         # the file, since every output is written atomically and nothing half-written is left to explain.
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(error):
             print(f"error: {no_space(error.filename or '.')}", file=sys.stderr)
         else:
             print(f"error: {error.filename or 'a file'}: {error.strerror or error}", file=sys.stderr)

@@ -18,13 +18,14 @@ import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import sbd
-from pipeline.atomic import atomic_dir, is_disk_full, no_space, require_space, require_writable, write_json
+from pipeline.atomic import atomic_dir, full_disk_reported, require_space, require_writable, write_json
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
 from pipeline.voc import ARCHIVE_ROOT, CLASSES, IGNORE_INDEX, NUM_CLASSES, SPLITS
@@ -59,9 +60,8 @@ def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
     source = voc_dir(voc_root)
     split_ids = _read_splits(source)
     pairs = {"train": train_pairs(source, split_ids, train_set, sbd_root),
-             "val": [(_voc_image(source, i), _voc_label(source, i)) for i in split_ids["val"]]}
-    ids = {"train": [image_id for image_id, *_ in pairs["train"]], "val": split_ids["val"]}
-    scanned = {split: _scan_split([pair[-2:] for pair in pairs[split]]) for split in SPLITS}
+             "val": [_voc_pair(source, image_id) for image_id in split_ids["val"]]}
+    scanned = {split: _scan_split(pairs[split]) for split in SPLITS}
     need = sum(4 * _pixel_count(samples) for samples in scanned.values())  # 3 bytes of image + 1 of label a pixel
     out_parent = Path(out_dir).absolute().parent
     require_writable(out_parent, "make it writable or pass another --out")
@@ -72,55 +72,59 @@ def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
             for split in SPLITS:
-                stats[split] = _prepare_split(split, ids[split], scanned[split], tmp / split, pool, progress, need)
+                ids = [pair.image_id for pair in pairs[split]]
+                stats[split] = _prepare_split(split, ids, scanned[split], tmp / split, pool, progress, need)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-    from_train = Counter(source_name for _, source_name, *_ in pairs["train"])
-    stats["train"].update(set=train_set, sources={name: from_train[name] for name in ("voc", "sbd")})
-    stats["val"].update(set="val", sources={"voc": len(ids["val"]), "sbd": 0})
+    for split in SPLITS:
+        origins = Counter(pair.origin for pair in pairs[split])
+        stats[split].update(set=train_set if split == "train" else split,
+                            sources={origin: origins[origin] for origin in ("voc", "sbd")})
     return stats
 
 
+class Pair(NamedTuple):
+    """One sample to prepare: its id, where it comes from ("voc" or "sbd"), and its image and label files."""
+
+    image_id: str
+    origin: str
+    image: Path
+    label: Path
+
+
 def train_pairs(source: Path, split_ids: dict[str, list[str]], train_set: str,
-                sbd_root: str | os.PathLike | None) -> list[tuple[str, str, Path, Path]]:
-    """(id, "voc" | "sbd", image path, label path) of each training id, in id order for trainaug (VOC train's own
-    order for train). trainaug = (VOC train ∪ SBD train ∪ SBD val) − VOC val, VOC's PNG wherever VOC has one."""
+                sbd_root: str | os.PathLike | None) -> list[Pair]:
+    """The training samples, in id order for trainaug (VOC train's own order for train). trainaug = (VOC train ∪
+    SBD train ∪ SBD val) − VOC val, VOC's PNG wherever VOC has one."""
     voc_train = split_ids["train"]
     if train_set == "train":
-        return [(i, "voc", _voc_image(source, i), _voc_label(source, i)) for i in voc_train]
+        return [_voc_pair(source, image_id) for image_id in voc_train]
     if train_set != "trainaug":
         raise PipelineError(f"prepare.train_set: must be trainaug or train, got {train_set!r}")
     if sbd_root is None:
         raise PipelineError("prepare.train_set is trainaug but no SBD directory was given; run the sbd stage "
                             "(dvc repro sbd) or set prepare.train_set: train")
-    sbd_ids = set(sbd.read_list(sbd_root, "train")) | set(sbd.read_list(sbd_root, "val"))
+    sbd_ids = {image_id for name in sbd.LISTS for image_id in sbd.read_list(sbd_root, name)}
     in_voc = set(voc_train)
-    pairs = []
-    for image_id in sorted((in_voc | sbd_ids) - set(split_ids["val"])):
-        if image_id in in_voc:
-            pairs.append((image_id, "voc", _voc_image(source, image_id), _voc_label(source, image_id)))
-        else:
-            pairs.append((image_id, "sbd", sbd.image_path(sbd_root, image_id), sbd.label_path(sbd_root, image_id)))
-    return pairs
+    return [_voc_pair(source, image_id) if image_id in in_voc
+            else Pair(image_id, "sbd", sbd.image_path(sbd_root, image_id), sbd.label_path(sbd_root, image_id))
+            for image_id in sorted((in_voc | sbd_ids) - set(split_ids["val"]))]
 
 
-def _voc_image(source: Path, image_id: str) -> Path:
-    return source / "JPEGImages" / f"{image_id}.jpg"
+def _voc_pair(source: Path, image_id: str) -> Pair:
+    return Pair(image_id, "voc", source / "JPEGImages" / f"{image_id}.jpg",
+                source / "SegmentationClass" / f"{image_id}.png")
 
 
-def _voc_label(source: Path, image_id: str) -> Path:
-    return source / "SegmentationClass" / f"{image_id}.png"
-
-
-def _scan_split(pairs: list[tuple[Path, Path]]) -> list[Sample]:
+def _scan_split(pairs: list[Pair]) -> list[Sample]:
     """Each pair's paths, size and offset, from the file headers alone (an SBD `.mat` label's size is checked when
     it is decoded: reading it means reading it whole)."""
     samples: list[Sample] = []
     offset = 0
-    for image_path, label_path in pairs:
-        height, width = _check_headers(image_path, label_path)
-        samples.append((str(image_path), str(label_path), offset, height, width))
+    for pair in pairs:
+        height, width = _check_headers(pair.image, pair.label)
+        samples.append((str(pair.image), str(pair.label), offset, height, width))
         offset += height * width
     return samples
 
@@ -132,7 +136,7 @@ def _pixel_count(samples: list[Sample]) -> int:
 def _allocate(path: Path, size: int, need: int) -> None:
     """An .npy file of `size` uint8 whose blocks are reserved on disk now. `open_memmap` alone makes a sparse file,
     and a worker filling its pages on a full disk dies of SIGBUS ("Bus error"), far from any useful message."""
-    try:
+    with full_disk_reported(path.parent, need):
         np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size,)).flush()
         with open(path, "r+b") as file:
             try:
@@ -140,10 +144,6 @@ def _allocate(path: Path, size: int, need: int) -> None:
             except OSError as error:
                 if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: require_space must do
                     raise
-    except OSError as error:
-        if is_disk_full(error):
-            raise no_space(path.parent, need) from None
-        raise
 
 
 def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path, pool: ProcessPoolExecutor | None,
@@ -227,10 +227,9 @@ def _read_split(source: Path, split: str) -> list[str]:
 def _check_headers(image_path: Path, label_path: Path) -> tuple[int, int]:
     """(height, width) of a pair, after the checks that need only the file headers."""
     image = _open(image_path)
-    if label_path.suffix == ".mat":
+    if label_path.suffix == sbd.LABEL_SUFFIX:
         if not label_path.is_file():
-            raise PipelineError(f"{label_path}: missing, but listed in SBD's train.txt or val.txt; run the sbd "
-                                "stage again")
+            raise sbd.missing_label(label_path)
         return image.height, image.width
     label = _open(label_path)
     if label.mode != "P":
@@ -287,7 +286,7 @@ def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample]) -> np.n
 def _pixels(path: str, *, rgb: bool) -> np.ndarray:
     """H×W×3 RGB for an image; for a label H×W of its palette indices, which are the class ids (no colour look-up),
     or of an SBD `.mat`'s `GTcls.Segmentation`."""
-    if path.endswith(".mat"):
+    if path.endswith(sbd.LABEL_SUFFIX):
         return sbd.read_label(path)
     try:
         with Image.open(path) as file:

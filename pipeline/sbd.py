@@ -17,6 +17,8 @@ from pipeline.errors import PipelineError
 
 SBD_ROOT = "benchmark_RELEASE/dataset"
 LISTS = ("train", "val")
+IMAGE_DIR, IMAGE_SUFFIX = "img", ".jpg"
+LABEL_DIR, LABEL_SUFFIX = "cls", ".mat"
 
 
 def read_list(sbd_dir: str | os.PathLike, name: str) -> list[str]:
@@ -29,11 +31,15 @@ def read_list(sbd_dir: str | os.PathLike, name: str) -> list[str]:
 
 
 def image_path(sbd_dir: str | os.PathLike, image_id: str) -> Path:
-    return Path(sbd_dir) / "img" / f"{image_id}.jpg"
+    return Path(sbd_dir) / IMAGE_DIR / f"{image_id}{IMAGE_SUFFIX}"
 
 
 def label_path(sbd_dir: str | os.PathLike, image_id: str) -> Path:
-    return Path(sbd_dir) / "cls" / f"{image_id}.mat"
+    return Path(sbd_dir) / LABEL_DIR / f"{image_id}{LABEL_SUFFIX}"
+
+
+def missing_label(path: str | os.PathLike) -> PipelineError:
+    return PipelineError(f"{path}: missing, but listed in SBD's train.txt or val.txt; run the sbd stage again")
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -44,8 +50,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     try:
         segmentation = scipy.io.loadmat(path)["GTcls"][0]["Segmentation"][0]
     except FileNotFoundError:
-        raise PipelineError(f"{path}: missing, but listed in SBD's train.txt or val.txt; run the sbd stage "
-                            "again") from None
+        raise missing_label(path) from None
     except Exception as error:  # not a MAT file, no GTcls struct, no Segmentation field: all "not an SBD label"
         raise PipelineError(f"{path}: not an SBD label (a MATLAB file with GTcls.Segmentation): "
                             f"{type(error).__name__}: {error}; run the sbd stage again") from None

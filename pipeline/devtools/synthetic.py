@@ -26,6 +26,7 @@ from PIL import Image
 
 from pipeline.atomic import atomic_file
 from pipeline.errors import PipelineError
+from pipeline.sbd import SBD_ROOT
 from pipeline.voc import ARCHIVE_ROOT, IGNORE_INDEX, NUM_CLASSES, label_png
 
 # Not a VOC year (those are 2007–2012), so a generated id can never be mistaken for a real one.
@@ -150,9 +151,9 @@ def write_sbd_tgz(path: str | Path, voc_tar: str | Path, *, seed: int = 1, n_tra
         jpegs[image_id] = _encode_jpeg(image)
         labels[image_id] = np.where(label == IGNORE_INDEX, 0, label).astype(np.uint8)
 
-    root = "benchmark_RELEASE/dataset"
+    root = SBD_ROOT
     members: list[tuple[str, bytes | None]] = [(d, None) for d in (
-        "benchmark_RELEASE", root, f"{root}/img", f"{root}/cls", f"{root}/inst")]
+        SBD_ROOT.split("/")[0], root, f"{root}/img", f"{root}/cls", f"{root}/inst")]
     members += [(f"{root}/{name}.txt", "".join(f"{i}\n" for i in ids).encode()) for name, ids in lists.items()]
     members += [(f"{root}/img/{i}.jpg", jpegs[i]) for i in sorted(jpegs)]
     members += [(f"{root}/cls/{i}.mat", _encode_mat(labels[i])) for i in sorted(labels)]
