@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test lint demo repro ui bench check-metrics clean-demo
+.PHONY: setup test lint demo repro ui bench check-metrics clean-demo server promote serve sweep update-plot-libs
 
 setup: $(STAMP)
 
@@ -42,3 +42,33 @@ check-metrics: $(STAMP)
 	rm -rf .demo/baseline && mkdir -p .demo/baseline && cp metrics/*.json .demo/baseline/
 	$(BIN)/dvc repro --force --single-item --glob 'evaluate@*'
 	$(BIN)/python -m tools.check_metrics --baseline .demo/baseline --exact
+
+# A shared MLflow tracking server (SQLite + artefacts under SERVER_DIR); point stages at it with
+# `export MLFLOW_TRACKING_URI=http://127.0.0.1:$(SERVER_PORT)`.
+SERVER_PORT ?= 5050
+SERVER_DIR ?= .mlflow-server
+server: $(STAMP)
+	$(BIN)/python -m tools.server --host 127.0.0.1 --port $(SERVER_PORT) --dir $(SERVER_DIR)
+
+# The registry: the best evaluated version of voc-$(MODEL) becomes voc-$(MODEL)@champion, which `make serve` serves
+# over HTTP (POST /invocations; see the README). Both use MLFLOW_TRACKING_URI, else the local store.
+MODEL ?= deeplab
+SERVE_PORT ?= 5001
+TRACKING_URI = $(or $(MLFLOW_TRACKING_URI),sqlite:///$(abspath mlflow.db))
+promote: $(STAMP)
+	$(BIN)/python -m tools.promote --model $(MODEL)
+
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve -m models:/voc-$(MODEL)@champion \
+		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+# Rebuild plots/page.html (vega, vega-lite, vega-embed inlined for offline `dvc plots show`) from the npm registry
+# after changing LIBRARIES in plots/offline_page.py. Needs npm and the network; the plots themselves need neither.
+update-plot-libs: $(STAMP)
+	$(BIN)/python -m plots.offline_page update
+
+# A learning-rate sweep of the demo's FCN (models.fcn.train.lr 0.001, 0.002, 0.004) as queued DVC experiments on
+# the demo's data, after `make demo`; one MLflow run each. Compare with `dvc exp show` or `make ui`.
+# Other grids: `python -m tools.sweep --set 'models.unet.train.lr=[0.002, 0.005]'` (see tools/sweep.py).
+sweep: $(STAMP)
+	$(BIN)/python -m tools.sweep

@@ -2,7 +2,9 @@
 goes on (the DVC outputs still hold the model and every number).
 
 Default store: `mlflow.db` (SQLite) at the repository root, artefacts in `mlruns/`; `MLFLOW_TRACKING_URI`
-points everything at a server instead.
+points everything at a server instead. "The repository root" is DVC_ROOT when DVC runs the stage: a queued or
+`--temp` experiment runs in a throwaway copy under .dvc/tmp/exps/, whose untracked files (a local store among them)
+are deleted afterwards (iterative/dvc#8854), and DVC points DVC_ROOT at the checkout the experiment came from.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns"
 MODEL_FILE = "model.pt"
+MODEL_ARTIFACT = "model"  # the run's artefact folder holding the served model
 
 # MLflow's own defaults retry a failing server for about 4 minutes per call (7 retries, exponential backoff) and
 # wait 120 s for each answer, honouring any Retry-After: a server that answers its health check but fails or hangs
@@ -41,8 +46,18 @@ def bound_http_calls() -> None:
         os.environ.setdefault(name, value)
 
 
+def _store_root() -> Path:
+    """Where the default store lives: the checkout DVC runs the stage for (DVC_ROOT, set by `dvc repro` and every
+    `dvc exp run`), else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def _default_uri() -> str:
+    return f"sqlite:///{_store_root() / DEFAULT_DB}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or _default_uri()
 
 
 def _reachable(uri: str, timeout_s: float = 5.0) -> str | None:
@@ -75,7 +90,8 @@ class Tracker:
 
             mlflow.set_tracking_uri(uri)
             if mlflow.get_experiment_by_name(experiment) is None:
-                artifacts = None if "MLFLOW_TRACKING_URI" in os.environ else Path(DEFAULT_ARTIFACTS).resolve().as_uri()
+                # Compared with `uri`, not read from the environment: set_tracking_uri has just exported it.
+                artifacts = (_store_root() / DEFAULT_ARTIFACTS).as_uri() if uri == _default_uri() else None
                 mlflow.create_experiment(experiment, artifact_location=artifacts)
             mlflow.set_experiment(experiment)
             run = None
@@ -133,11 +149,39 @@ class Tracker:
     def log_artifacts(self, directory: str | Path, artifact_path: str) -> None:
         self._do(f"log {directory}", lambda mlflow: mlflow.log_artifacts(str(directory), artifact_path=artifact_path))
 
-    def log_model_file(self, model_file: str | Path) -> None:
+    def log_model(self, model_file: str | Path, save: Callable[[Path, Path], Path]) -> None:
         """The trained model as the train stage wrote it (`checkpoint.save_model`: architecture, options and a
-        state dict, read back with `weights_only=True`), under the run's `model/`. Not an `mlflow.pytorch`
-        pickle: loading one runs whatever code the artefact store holds."""
-        self._do("log the model", lambda mlflow: mlflow.log_artifact(str(model_file), artifact_path="model"))
+        state dict, read back with `weights_only=True`) under the run's `model/`, as the MLflow model directory
+        that `save(model_file, directory)` writes (`serving.save_served_model`: what `mlflow models serve`
+        serves). Not an `mlflow.pytorch` pickle: loading one runs whatever code the artefact store holds."""
+        def log(mlflow) -> None:
+            with tempfile.TemporaryDirectory() as scratch:
+                directory = save(Path(model_file), Path(scratch) / MODEL_ARTIFACT)
+                mlflow.log_artifacts(str(directory), artifact_path=MODEL_ARTIFACT)
+
+        self._do("log the model", log)
+
+    def register_model(self, name: str, tags: dict[str, Any]) -> str | None:
+        """Register this run's `model/` as a version of `name` with `tags`, and return the version; a run that
+        already has a version of `name` gets its tags updated instead of a second version. None when the run
+        logged no model (e.g. evaluated in another store than it was trained in) or tracking is off."""
+        def register(mlflow) -> str | None:
+            client = mlflow.MlflowClient()
+            if not any(item.path == f"{MODEL_ARTIFACT}/MLmodel"
+                       for item in client.list_artifacts(self.run_id, MODEL_ARTIFACT)):
+                log.warning("MLflow run %s holds no served model under %s/: not registered as %s", self.run_id,
+                            MODEL_ARTIFACT, name)
+                return None
+            values = {key: str(value) for key, value in tags.items()}
+            existing = client.search_model_versions(f"name='{name}' and run_id='{self.run_id}'")
+            if existing:
+                version = min(existing, key=lambda v: int(v.version)).version
+                for key, value in values.items():
+                    client.set_model_version_tag(name, version, key, value)
+                return str(version)
+            return str(mlflow.register_model(f"runs:/{self.run_id}/{MODEL_ARTIFACT}", name, tags=values).version)
+
+        return self._do(f"register the model as {name}", register)
 
     def close(self, status: str = "FINISHED") -> None:
         if self.active:
@@ -146,7 +190,9 @@ class Tracker:
 
 
 def provenance_tags(prepared_dir: str = "data/prepared") -> dict[str, str]:
-    """Git commit and dirty flag, and the DVC hash of the prepared data: what a run can be reproduced from."""
+    """Git commit and dirty flag, and the DVC hash of the prepared data: what a run can be reproduced from. Under
+    `dvc exp run` also the experiment's name and the commit it branched from, which DVC passes in the environment:
+    a sweep is one filter in MLflow (`tags.dvc_baseline_rev = '…'`), each run tagged with its `dvc exp show` name."""
     import torch
 
     def git(*args: str) -> str | None:
@@ -162,6 +208,9 @@ def provenance_tags(prepared_dir: str = "data/prepared") -> dict[str, str]:
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda or "none",
     }
+    for tag, variable in (("dvc_experiment", "DVC_EXP_NAME"), ("dvc_baseline_rev", "DVC_EXP_BASELINE_REV")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
     return tags
 
 
@@ -204,7 +253,9 @@ def download_logged_model(model_uri: str, destination: str | Path) -> Path:
     except Exception as error:
         raise PipelineError(f"{model_uri}: could not fetch it from MLflow at {tracking_uri()} "
                             f"({str(error).splitlines()[0]})") from None
-    model_file = local / MODEL_FILE if local.is_dir() else local
+    # The served model keeps the file under artifacts/; runs logged before serving existed hold it at the top.
+    candidates = [local / "artifacts" / MODEL_FILE, local / MODEL_FILE] if local.is_dir() else [local]
+    model_file = next((path for path in candidates if path.is_file()), candidates[0])
     if not model_file.is_file():
         raise PipelineError(f"{model_uri}: holds no {MODEL_FILE}; give the URI of a run's model logged by this "
                             "pipeline, e.g. runs:/<run id>/model")

@@ -34,6 +34,7 @@ from pipeline.optimization import NonFiniteLoss, make_optimizer, make_scheduler,
 from pipeline.params import Params, TrainParams, as_flat_dict
 from pipeline.progress import Progress
 from pipeline.runtime import Runtime, resolve
+from pipeline.serving import save_served_model
 from pipeline.tracking import Tracker, provenance_tags
 from pipeline.voc import NUM_CLASSES
 
@@ -269,7 +270,7 @@ def finish(session: Session, tracker: Tracker | None, params: Params, model_file
         tracker.log_metrics({"final_val_miou": summary["final_val_miou"], "best_val_miou": summary["best_val_miou"]})
         tracker.log_image(history_figure(session.history), "history.png")
         if model_file is not None:
-            tracker.log_model_file(model_file)
+            tracker.log_model(model_file, save_served_model)
         tracker.close("FINISHED")
     return TrainResult(session.net.cpu().eval(), session.history, summary, tracker.run_id if tracker else None,
                        params.tracking.experiment, session.world.is_main)

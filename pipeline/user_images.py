@@ -8,6 +8,7 @@ import glob
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -40,8 +41,9 @@ def expand(patterns: Iterable[str]) -> list[Path]:
     return paths
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """H×W×3 uint8 from any PIL-readable image, camera rotation applied.
+def read_rgb(path: Path | BinaryIO, *, name: str | None = None) -> np.ndarray:
+    """H×W×3 uint8 from any PIL-readable image file (a path, or an open binary file named `name` in errors),
+    camera rotation applied.
 
     16-bit and 32-bit grayscale are scaled to 8 bits by their full range (PIL's own conversion would clip
     everything above 255 to white); alpha is dropped.
@@ -56,9 +58,12 @@ def read_rgb(path: Path) -> np.ndarray:
                 return np.repeat(gray[..., None], 3, axis=2)
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except Image.DecompressionBombError:  # a header declaring, say, 30000×30000 pixels: never decoded
-        raise PipelineError(f"{path}: skipped, larger than {Image.MAX_IMAGE_PIXELS * 2} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise PipelineError(f"{path}: not a readable image ({error})") from None
+        raise PipelineError(f"{name or path}: skipped, larger than {Image.MAX_IMAGE_PIXELS * 2} pixels") from None
+    except UnidentifiedImageError:  # PIL's own message names the file object, not the file
+        raise PipelineError(f"{name or path}: not a readable image (not a format PIL can decode, such as JPEG "
+                            "or PNG)") from None
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{name or path}: not a readable image ({error})") from None
 
 
 def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:

@@ -15,8 +15,9 @@ from pipeline.cli import add_model_path_options, model_paths_from, run_stage
 from pipeline.data import VOCPrepared
 from pipeline.evaluation import evaluate_split, log_evaluation
 from pipeline.params import load
+from pipeline.registry import CHAMPION, registered_name, version_tags
 from pipeline.tables import csv_text
-from pipeline.tracking import resume_training_run
+from pipeline.tracking import provenance_tags, resume_training_run
 
 PATHS = ("model_file", "run_file", "predictions", "metrics", "per_class", "confusion", "speed")
 
@@ -47,11 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     write_text(paths.confusion, csv_text(result.confusion, ("truth", "prediction", "pixels")))
     tracker = resume_training_run(paths.run_file, params.tracking.experiment, key)
     log_evaluation(tracker, result)
+    version = tracker.register_model(registered_name(key),
+                                     version_tags(result.metrics["miou"], provenance_tags(str(args.prepared))))
     tracker.close()
     metrics, speed = result.metrics, result.speed
     absent = f" ({len(metrics['absent_classes'])} absent classes left out)" if metrics["absent_classes"] else ""
     print(f"{key}: val mIoU {metrics['miou']:.4f}{absent}, pixel accuracy {metrics['pixel_accuracy']:.4f}, "
           f"{speed['images_per_second']} img/s on {policy.device}")
+    if version is not None:
+        print(f"{key}: registered as {registered_name(key)} version {version} "
+              f"(`python -m tools.promote --model {key}` makes the best version the {CHAMPION})")
 
 
 if __name__ == "__main__":

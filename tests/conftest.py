@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.archive import extract_sbd
 from pipeline.devtools.synthetic import write_sbd_tgz, write_voc_tar
@@ -62,3 +67,23 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def offline_params(voc_tar: Path, sbd_tgz: Path) -> dict:
+    """The committed params.yaml with its archives at the generated ones (file:// URLs, md5s, sizes) and one prepare
+    worker: what a test project runs the real DVC stages with."""
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    for section, archive in (("data", voc_tar), ("sbd", sbd_tgz)):
+        raw[section].update(urls=[archive.as_uri()], md5=hashlib.md5(archive.read_bytes()).hexdigest(),
+                            size=archive.stat().st_size)
+    raw["prepare"]["workers"] = 1
+    return raw
+
+
+def dvc(project: Path, *args: str) -> str:
+    """`dvc *args` in `project` with this venv's tools first on PATH (stage commands say `python`); its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr

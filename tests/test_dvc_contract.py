@@ -17,8 +17,12 @@ from pipeline import layout
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
 # Paths a stage is given that DVC does not track, each for a stated reason: SBD's tgz is a download cache that
-# does not exist when prepare.train_set is train (stages/sbd.py).
-UNTRACKED = {"sbd": {"data/raw/benchmark.tgz"}}
+# does not exist when prepare.train_set is train (stages/sbd.py); checkpoints are the resumable state of an
+# unfinished run on this machine, which a finished run removes: as an output (even uncached) a fresh clone would
+# miss it, and `dvc status` would call every trained model out of date.
+UNTRACKED = {"sbd": {"data/raw/benchmark.tgz"},
+             **{f"train@{key}": {f"checkpoints/{key}"}
+                for key in yaml.safe_load((REPO / "params.yaml").read_text())["models"]}}
 
 
 def module_file(name: str) -> Path | None:

@@ -22,6 +22,7 @@ from pipeline.data import prepare
 from pipeline.errors import PipelineError
 from pipeline.models import build
 from pipeline.params import UNetOptions, load
+from pipeline.serving import save_served_model
 from pipeline.tracking import HTTP_LIMITS, Tracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_predict_from_mlflow_loads_the_logged_file_and_refuses_a_tampered_one(tm
     checkpoint.save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
                           options=UNetOptions(width=4), num_classes=21)
     tracker = Tracker("tests", run_name="unet")
-    tracker.log_model_file(tmp_path / "model.pt")
+    tracker.log_model(tmp_path / "model.pt", save_served_model)
     tracker.close()
     from PIL import Image
 
@@ -100,7 +101,7 @@ def test_predict_from_mlflow_loads_the_logged_file_and_refuses_a_tampered_one(tm
     import mlflow
 
     artifact_dir = mlflow.get_run(tracker.run_id).info.artifact_uri.removeprefix("file://")
-    torch.save({"state_dict": RunsCode()}, Path(artifact_dir) / "model" / "model.pt")  # what an attacker plants
+    torch.save({"state_dict": RunsCode()}, Path(artifact_dir) / "model/artifacts/model.pt")  # what an attacker plants
     tampered = run(tmp_path, "tools.predict", "--model-uri", f"runs:/{tracker.run_id}/model", "photo.jpg",
                    "--out", "c", env=env)
     assert "not a readable model file" in one_line_error(tampered)

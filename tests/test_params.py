@@ -33,9 +33,9 @@ def test_the_committed_params_and_the_demo_overrides_are_valid():
     assert list(config.models) == ["fcn", "unet", "deeplab"]
     assert config.train_for("unet").lr == 0.05 and config.train_for("fcn").lr == config.train.lr
     assert config.data.md5 == "6cd6e144f989b92b3379bac3b3de84fd" and config.data.size == 1_999_639_040
-    from pipeline.devtools.demo import _merge
+    from pipeline.devtools.demo import merge_overrides
 
-    demo = params.parse(_merge(BASE, yaml.safe_load((REPO / "params.demo.yaml").read_text())))
+    demo = params.parse(merge_overrides(BASE, yaml.safe_load((REPO / "params.demo.yaml").read_text())))
     assert demo.train_for("deeplab").bn_momentum == 0.1
 
 

@@ -3,28 +3,18 @@ prepare.train_set: train, SBD is never fetched."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import dvc, offline_params
 
 from pipeline.data import VOCPrepared
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def dvc(project: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 @pytest.fixture
@@ -34,13 +24,7 @@ def project(tmp_path, voc_tar, sbd_tgz) -> Path:
     for name in ("pipeline", "stages"):
         shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"].update(urls=[voc_tar.as_uri()], md5=hashlib.md5(voc_tar.read_bytes()).hexdigest(),
-                       size=voc_tar.stat().st_size)
-    raw["sbd"].update(urls=[sbd_tgz.as_uri()], md5=hashlib.md5(sbd_tgz.read_bytes()).hexdigest(),
-                      size=sbd_tgz.stat().st_size)
-    raw["prepare"]["workers"] = 1
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(offline_params(voc_tar, sbd_tgz)))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     dvc(tmp_path, "init", "-q")
     return tmp_path

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MIN_MIOU = 0.5
 
 
-def _hydra_value(value: Any) -> str:
+def hydra_value(value: Any) -> str:
     """A value in the override grammar `dvc exp run -S` uses (Hydra's): strings quoted, lists bracketed."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -37,7 +37,7 @@ def _hydra_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, list):
-        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
@@ -49,14 +49,14 @@ def set_param_flags(overrides: dict, prefix: str = "") -> list[str]:
         if isinstance(value, dict) and value:
             flags += set_param_flags(value, f"{path}.")
         else:
-            flags += ["-S", f"++{path}={_hydra_value(value)}"]
+            flags += ["-S", f"++{path}={hydra_value(value)}"]
     return flags
 
 
-def _merge(base: dict, overrides: dict) -> dict:
+def merge_overrides(base: dict, overrides: dict) -> dict:
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+        merged[key] = merge_overrides(base.get(key) or {}, value) if isinstance(value, dict) else value
     return merged
 
 
@@ -75,7 +75,7 @@ def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], sbd_tgz: 
                             min_size=sizes[0], max_size=sizes[1])
     overrides = demo_overrides(demo_file, tar, md5, sbd_tgz, sbd_md5)
     original = params_file.read_bytes()
-    demo_params = parse(_merge(yaml.safe_load(original), overrides), source=f"{params_file} + {demo_file}")
+    demo_params = parse(merge_overrides(yaml.safe_load(original), overrides), source=f"{params_file} + {demo_file}")
 
     # Stage commands say `python`: make it this interpreter (the venv's) even when the venv is not activated.
     bin_dir = str(Path(sys.executable).parent)

@@ -1,0 +1,244 @@
+"""Team use, for real on generated data: a shared DVC remote (push; a fresh clone pulls, reruns nothing and passes
+CI's evaluation check) and a parameter sweep as queued DVC experiments, each one MLflow run in the project's own
+store, tagged with its experiment. One full pipeline run of one tiny model serves both."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import offline_params
+
+from pipeline import tracking
+from pipeline.devtools import sweep
+from pipeline.devtools.demo import set_param_flags
+
+REPO = Path(__file__).resolve().parents[1]
+# Variables DVC sets for the stages it runs: none may leak in from a shell that is itself inside a DVC run.
+DVC_RUN_VARIABLES = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
+TINY_TRAIN = {"epochs": 2, "batch_size": 4, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0,
+              "lr_schedule": "cosine", "warmup_epochs": 0, "crop_size": [48, 48], "scale_range": [0.75, 1.25],
+              "workers": 0, "device": "cpu", "amp": False, "bn_momentum": 0.1}
+CACHED_FILES = ("models/fcn/model.pt", "models/fcn/mlflow_run.json", "renders/compare.png")
+CACHED_DIRS = ("data/prepared", "data/VOCdevkit", "data/SBD", "predictions/fcn", "renders/fcn")
+
+
+def environment(tracking_uri: str | None) -> dict[str, str]:
+    """The venv's `python` and `dvc` first on PATH (stage commands say `python`); MLflow at `tracking_uri`, or at
+    the default store when None."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in DVC_RUN_VARIABLES and key != "MLFLOW_TRACKING_URI"}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    if tracking_uri is not None:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def run(cwd: Path, *command: str, env: dict[str, str]) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def team_project(tmp_path_factory, voc_tar, sbd_tgz, voc_tree) -> Path:
+    """A git + DVC project holding the pipeline's code and definition, with the whole pipeline run once (one tiny
+    FCN on the generated archives) and committed with its lock file and metrics, on branch main."""
+    root = tmp_path_factory.mktemp("team") / "project"
+    for name in ("pipeline", "stages", "tools"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    raw = offline_params(voc_tar, sbd_tgz)
+    raw["train"].update(TINY_TRAIN)
+    raw["models"] = {"fcn": {"architecture": "fcn", "options": {"variant": "fcn32s", "pretrained": "none"}}}
+    val_ids = (voc_tree / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    raw["render"] = {"ids": val_ids[:2], "worst_k": 1}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    env = environment(f"sqlite:///{root.parent / 'first-run-mlflow.db'}")
+    run(root, "git", "init", "-q", "-b", "main", env=env)
+    run(root, "git", "config", "user.name", "Team Test", env=env)
+    run(root, "git", "config", "user.email", "team@example.invalid", env=env)
+    run(root, "dvc", "init", "-q", env=env)
+    run(root, "dvc", "repro", env=env)
+    run(root, "git", "add", "-A", env=env)
+    run(root, "git", "commit", "-qm", "pipeline, params, lock file and metrics", env=env)
+    return root
+
+
+def in_remote(remote: Path, md5: str) -> Path:
+    return remote / "files" / "md5" / md5[:2] / md5[2:]
+
+
+@pytest.mark.slow
+def test_a_clone_pulls_from_the_shared_remote_reruns_nothing_and_passes_the_ci_check(team_project, tmp_path):
+    project, remote, clone = team_project, tmp_path / "remote", tmp_path / "clone"
+    env = environment(f"sqlite:///{tmp_path / 'ci-mlflow.db'}")
+    run(project, "dvc", "remote", "add", "-d", "team", str(remote), env=env)
+    run(project, "git", "commit", "-qam", "shared DVC remote", env=env)
+    run(project, "dvc", "push", env=env)
+
+    # Every cached output is in the remote, addressed by the md5 dvc.lock records; a directory as its manifest and
+    # each file the manifest lists. Outputs with cache: false (metrics, curves) travel in git instead.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    md5s = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    for path in CACHED_FILES:
+        assert in_remote(remote, md5s[path]).read_bytes() == (project / path).read_bytes(), path
+    for path in CACHED_DIRS:
+        manifest = json.loads(in_remote(remote, md5s[path]).read_text())
+        assert all(in_remote(remote, entry["md5"]).is_file() for entry in manifest), path
+        assert len(manifest) == len(tree(project / path)), path
+    assert not in_remote(remote, md5s["metrics/fcn.json"]).exists()
+
+    # Another machine: clone, pull, and nothing is out of date, so nothing is trained or evaluated again.
+    run(tmp_path, "git", "clone", "-q", str(project), str(clone), env=env)
+    run(clone, "dvc", "pull", env=env)
+    assert "Data and pipelines are up to date." in run(clone, "dvc", "status", env=env)
+    assert "Running stage" not in run(clone, "dvc", "repro", env=env)
+    for path in CACHED_FILES:
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+    for path in CACHED_DIRS:
+        assert tree(clone / path) == tree(project / path), path
+
+    # CI's step "Evaluate against the base branch (DVC remote configured)" (.github/workflows/evaluate.yml).
+    forced = run(clone, "dvc", "repro", "--force", "--single-item", "--glob", "evaluate@*", env=env)
+    assert forced.count("Running stage") == 1 and "Running stage 'evaluate@fcn'" in forced
+    checked = run(clone, sys.executable, "-m", "tools.check_metrics", "--against", "origin/main", env=env)
+    assert "metrics check passed" in checked
+    assert (clone / "metrics/fcn.json").read_bytes() == (project / "metrics/fcn.json").read_bytes()
+
+
+def _is_dvc(pid: int) -> bool:
+    try:
+        return b"dvc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_queue(project: Path) -> None:
+    """No queue worker or experiment outlives the test: stop the queue, then wait for the processes DVC started
+    (it records each one's pid under .dvc/tmp/exps), killing any still there after a minute."""
+    subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=project, env=environment(None), capture_output=True)
+    pids = set()
+    for info in (project / ".dvc/tmp/exps").glob("*/**/*.json"):
+        try:
+            process = json.loads(info.read_text())
+            pid, finished = process.get("pid"), process.get("returncode") is not None
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(pid, int) and not finished and _is_dvc(pid):
+            pids.add(pid)
+    deadline = time.monotonic() + 60
+    while pids:
+        for pid in list(pids):
+            if not _is_dvc(pid):  # exited (a pid DVC recorded is never signalled once it is someone else's)
+                pids.discard(pid)
+            elif time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_b_a_queued_sweep_is_one_mlflow_run_per_experiment_in_the_projects_store(team_project, monkeypatch):
+    project = team_project
+    for name in (*DVC_RUN_VARIABLES, "MLFLOW_TRACKING_URI"):  # the default store is what is tested
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    baseline = run(project, "git", "rev-parse", "HEAD", env=environment(None)).strip()
+    grid = {"models.fcn.train.lr": [0.001, 0.005]}
+    try:
+        names = sweep.queue(grid, targets=sweep.targets_for(grid), cwd=project)
+        assert len(names) == 2
+        states = sweep.run_queued(names, cwd=project, timeout_s=300)
+    finally:
+        stop_queue(project)
+    assert states == {name: "Success" for name in names}
+
+    # dvc exp show: both experiments on the baseline, each with its learning rate and its own val mIoU.
+    shown = json.loads(run(project, "dvc", "exp", "show", "--json", env=environment(None)))
+    experiments = {}
+    for entry in next(row for row in shown if row["rev"] == baseline)["experiments"] or []:
+        data = entry["revs"][0]["data"]
+        lr = data["params"]["params.yaml"]["data"]["models"]["fcn"]["train"]["lr"]
+        experiments[entry["name"]] = (lr, data["metrics"]["metrics/fcn.json"]["data"]["miou"])
+    assert sorted(experiments) == sorted(names)
+    assert sorted(lr for lr, _ in experiments.values()) == [0.001, 0.005]
+
+    # MLflow: the project's default store (mlflow.db at the DVC root, not in the experiments' deleted tempdirs)
+    # holds one run per experiment, tagged with its name and baseline, with its lr, val metrics and model file.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / tracking.DEFAULT_DB}")
+    experiment = client.get_experiment_by_name("voc-segmentation")
+    runs = [run for run in client.search_runs([experiment.experiment_id]) if run.data.tags.get("dvc_experiment")]
+    assert sorted(run.data.tags["dvc_experiment"] for run in runs) == sorted(names)
+    for found in runs:
+        lr, miou = experiments[found.data.tags["dvc_experiment"]]
+        assert found.info.status == "FINISHED"
+        assert found.data.tags["dvc_baseline_rev"] == baseline
+        assert float(found.data.params["train.lr"]) == lr
+        assert found.data.metrics["val_miou"] == pytest.approx(miou, abs=1e-6)
+        artifacts = Path(found.info.artifact_uri.removeprefix("file://"))
+        assert artifacts.is_relative_to(project / tracking.DEFAULT_ARTIFACTS)
+        assert any((artifacts / "model").rglob(tracking.MODEL_FILE))
+
+
+def test_default_store_is_at_the_dvc_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    root = tmp_path / "checkout"
+    monkeypatch.setenv("DVC_ROOT", str(root))  # a queued experiment runs in root/.dvc/tmp/exps/<tmp>
+    assert tracking.tracking_uri() == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.tracking_uri() == "http://tracking.example:5000"
+
+
+def test_provenance_tags_name_the_dvc_experiment_only_under_dvc_exp_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in DVC_RUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not {"dvc_experiment", "dvc_baseline_rev"} & set(tracking.provenance_tags())  # plain `dvc repro`
+    monkeypatch.setenv("DVC_EXP_NAME", "lucid-lamb")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    tags = tracking.provenance_tags()
+    assert tags["dvc_experiment"] == "lucid-lamb" and tags["dvc_baseline_rev"] == "0123abc"
+
+
+def test_sweep_sets_each_swept_key_once_and_reruns_only_the_swept_model():
+    overrides = {"train": {"lr": 0.002, "epochs": 15}, "models": {"fcn": {"train": {"lr": 0.003}}}}
+    grid = {"models.fcn.train.lr": [0.001, 0.004], "train.epochs": [1, 2]}
+    flags = set_param_flags(sweep._without(overrides, grid)) + sweep.sweep_flags(grid)
+    assert flags == ["-S", "++train.lr=0.002", "-S", "++models.fcn.train.lr=0.001,0.004",
+                     "-S", "++train.epochs=1,2"]
+    assert len(list(sweep.grid_points(grid))) == 4
+    assert sweep.targets_for({"models.fcn.train.lr": [0.1]}) == ["render@fcn"]
+    assert sweep.targets_for(grid) == []  # a shared key changes every model
+    assert sweep.targets_for({"models.fcn.train.lr": [0.1], "models.unet.train.lr": [0.1]}) == []
+
+
+def test_sweep_stops_before_queueing_when_a_stage_dependency_is_unknown_to_git(tmp_path):
+    stages = {"train": {"cmd": "python -m stages.train", "deps": ["stages/train.py", "pipeline/new.py",
+                                                                   "pipeline/staged.py", "data/prepared"]}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for name in ("stages/train.py", "pipeline/new.py", "pipeline/staged.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
+    env = environment(None)
+    run(tmp_path, "git", "init", "-q", env=env)
+    run(tmp_path, "git", "add", "stages/train.py", "pipeline/staged.py", env=env)
+    assert sweep.untracked_deps(tmp_path) == ["pipeline/new.py"]

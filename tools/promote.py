@@ -1,0 +1,26 @@
+"""Point the registry's `champion` alias at the best evaluated version of a model (by val mIoU).
+
+    python -m tools.promote --model deeplab          # voc-deeplab@champion, what `make serve` serves
+
+Uses MLFLOW_TRACKING_URI, or the local store (mlflow.db) when it is not set.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli import run_stage
+from pipeline.params import load
+from pipeline.registry import promote
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-m", "--model", required=True, help="a key of `models` in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    print(promote(load(args.params).model_key(args.model)))
+
+
+if __name__ == "__main__":
+    run_stage(main)
