@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 
 import pytest
 import torch
 
-from pipeline.cli import run_stage
+from pipeline.data import VOCPrepared
 from pipeline.devtools import bench
-from tools import bench as bench_stage
 
 TINY = bench.Settings(images=6, image_size=(40, 56), loader_workers=(0, 2), loader_budget_s=0.0, crop_size=(32, 32),
                       batch_size=2, warmup_steps=1, min_steps=1, max_steps=1, budget_s=0.0, eval_size=(40, 48),
@@ -61,22 +59,57 @@ def test_every_target_names_a_measured_metric():
     loaders = {f"workers={w}" for w in set(bench.CPU.loader_workers) | set(bench.CUDA.loader_workers)}
     keys = {"prepare": {"workers=1", "workers=0"}, "loader": loaders, "train": set(bench.VARIANTS),
             "evaluate": set(bench.VARIANTS)}
+    cases = {"loader_project_over_torchvision": loaders, "train_step_project_over_plain_fp32": set(bench.VARIANTS),
+             "flop_utilisation": set(bench.VARIANTS), "evaluate_project_over_autotuned": set(bench.VARIANTS),
+             "confusion_bincount_over_torchmetrics": {None}}
     for targets in bench.TARGETS.values():
         for path, target in targets.items():
-            section, key, _name = path.split("/")
-            assert key in keys[section], path
+            section, key, *name = path.split("/")
+            if section == "comparisons":
+                assert (name[0] if name else None) in cases[key], path
+            else:
+                assert key in keys[section] and len(name) == 1, path
             assert target and set(target) <= {"min", "max"}, path
 
 
-def test_stage_exits_2_when_a_target_is_missed(results, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "results.json"
-    monkeypatch.setattr(bench, "run", lambda workdir, device: results)
-    monkeypatch.setattr(bench, "targets_for", lambda device: {"loader/workers=0/samples_per_second": {"min": 1e12}})
-    monkeypatch.setattr(sys, "argv", ["bench", "--out", str(out), "--device", "cpu"])
-    with pytest.raises(SystemExit) as exit_info:
-        run_stage(bench_stage.main)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert "target missed: loader/workers=0/samples_per_second" in stderr
-    assert "1 of 1 benchmark targets missed" in stderr
-    assert json.loads(out.read_text())["missed"][0].startswith("loader/workers=0/samples_per_second")
+def test_comparisons_are_ratios_of_measurements_taken_side_by_side(results):
+    ratios, details = results["comparisons"], results["comparison_details"]
+    assert set(ratios) == {"loader_project_over_torchvision", "train_step_project_over_plain_fp32",
+                           "confusion_bincount_over_torchmetrics"}  # flop utilisation and evaluation: CUDA only
+    loader = details["loader_project_over_torchvision"]["workers=0"]
+    assert loader["ratio"] == pytest.approx(loader["project_samples_per_second"]
+                                            / loader["torchvision_samples_per_second"])
+    assert set(ratios["loader_project_over_torchvision"]) == {"workers=0", "workers=2"}
+    step = details["train_step_project_over_plain_fp32"]["unet-4"]
+    assert step["ratio"] == pytest.approx(step["project_images_per_second"] / step["plain_fp32_images_per_second"])
+    confusion = details["confusion_bincount_over_torchmetrics"]  # computed only after both matrices agree
+    assert confusion["ratio"] == pytest.approx(confusion["project_images_per_second"]
+                                               / confusion["torchmetrics_images_per_second"])
+    assert all(value > 0 for value in (ratios["confusion_bincount_over_torchmetrics"],
+                                       *ratios["loader_project_over_torchvision"].values()))
+    table = bench.markdown(results, bench.TARGETS["cpu"])
+    assert "| loader_project_over_torchvision | workers=0 |" in table and "≥ 1.2" in table
+
+
+def test_the_torchvision_alternative_yields_what_the_project_trains_on(tmp_path):
+    """The alternative is a fair one: every train sample, cropped to the same size, a normalised float image and
+    an int64 label of class ids and void (255) like the project's batches."""
+    from pipeline.augment import train_batch
+    from pipeline.data import prepare
+    from pipeline.devtools.comparisons import torchvision_dataset, torchvision_loader
+    from pipeline.params import TrainParams
+
+    voc_root = bench.generated_voc(tmp_path, TINY)
+    recipe = TrainParams(crop_size=[32, 40], batch_size=2)
+    theirs = torchvision_dataset(voc_root, recipe)
+    prepare(voc_root, tmp_path / "prepared", workers=1, progress=False)
+    ours = train_batch(list(VOCPrepared(tmp_path / "prepared", "train")), torch.device("cpu"), recipe.crop_size,
+                       recipe.scale_range, recipe.hflip)
+    assert len(theirs) == len(ours[0]) == 3
+    for index in range(len(theirs)):
+        image, label = theirs[index]
+        assert image.dtype == ours[0].dtype == torch.float32 and image.shape == ours[0].shape[1:] == (3, 32, 40)
+        assert label.dtype == ours[1].dtype == torch.int64 and label.shape == ours[1].shape[1:] == (32, 40)
+        assert set(label.unique().tolist()) <= set(range(21)) | {255}
+        assert -3 < float(image.mean()) < 3  # normalised, not 0..1 or 0..255
+    assert list(torchvision_loader(voc_root, recipe, torch.device("cpu"), workers=0, seed=0)()) == [2, 1]

@@ -1,11 +1,13 @@
-"""Benchmark the hot paths (prepare, the DataLoader, a training step, evaluation) on generated data; fail on a
-regression.
+"""Benchmark the hot paths (prepare, the DataLoader, a training step, evaluation) on generated data, compare them
+side by side with what a user would otherwise run (torchvision's loader, a plain fp32 step, torchmetrics); fail on
+a regression.
 
     python -m tools.bench [--out bench/results.json] [--device auto]
 
 Not a DVC stage: timings differ between machines and runs. Prints one markdown table per section, writes every
-number to `--out`, and exits 2 when a measurement misses its target in `pipeline.bench.TARGETS` (one line each).
-About 45 s on an idle 2-core CPU; other processes using the CPU slow it down and fail targets.
+number to `--out` (the ratios under `comparisons`), and exits 2 when a measurement misses its target in
+`pipeline.devtools.bench.TARGETS` (one line each). About 2 minutes on an idle 2-core CPU; other processes using the
+CPU slow it down and fail targets.
 """
 
 from __future__ import annotations

@@ -1,0 +1,280 @@
+"""`make bench`'s side-by-side comparisons: the project's path against what a user would otherwise pick, measured in
+the same run on the same data, each reduced to one ratio (project over alternative; above 1 = the project is faster).
+
+  loader     VOCPrepared + the training augmentation (on the training device) vs torchvision's VOCSegmentation
+             (PIL decode of every JPEG and PNG) + the torchvision.transforms.v2 recipe of torchvision's segmentation
+             reference (random resize, flip, pad-and-crop, to float, normalise), same crop and batch, 0 and 2 workers
+  train      the training loop's step (`train_step` under the runtime policy) vs a plain fp32 eager step in the style
+             of torchvision's reference (batch already on the device, SGD, cross-entropy with the aux head at 0.5)
+  confusion  the project's bincount confusion matrix vs torchmetrics' MulticlassConfusionMatrix, same predictions
+  evaluate   (CUDA) the evaluate stage's images of many sizes without autotuning vs one at a time with
+             cudnn.benchmark on, as evaluation ran before
+
+and, on CUDA, model FLOP utilisation: FLOPs of one training step (torch.utils.flop_counter) × steps/s over the
+device's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from pipeline import runtime
+from pipeline.augment import collate_samples, train_batch
+from pipeline.data import VOCPrepared
+from pipeline.metrics import ConfusionMatrix
+from pipeline.models import build
+from pipeline.optimization import make_optimizer, train_step
+from pipeline.params import TrainParams
+from pipeline.transforms import MEAN, STD
+from pipeline.voc import IGNORE_INDEX, NUM_CLASSES
+
+# Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets, for model FLOP utilisation.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "L40S": 362.0}
+
+
+def _passes(make_iterator: Callable[[], Any], budget_s: float) -> tuple[int, float]:
+    """Samples per second over whole passes (at least 2) after one untimed pass (workers started, caches warm)."""
+    for _ in make_iterator():
+        pass
+    samples, passes, started = 0, 0, time.perf_counter()
+    while passes < 2 or time.perf_counter() - started < budget_s:
+        for count in make_iterator():
+            samples += count
+        passes += 1
+    return samples, time.perf_counter() - started
+
+
+def project_loader(prepared: Path, recipe: TrainParams, device: torch.device, workers: int, seed: int):
+    """The training loop's input path: packed arrays → DataLoader → scale/crop/flip/normalise on `device`."""
+    loader = DataLoader(VOCPrepared(prepared, "train"), batch_size=recipe.batch_size, shuffle=True,
+                        collate_fn=collate_samples, num_workers=workers, persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
+
+    def batches():
+        for samples in loader:
+            images, _labels = train_batch(samples, device, recipe.crop_size, recipe.scale_range, recipe.hflip)
+            yield len(images)
+    return batches
+
+
+def torchvision_dataset(voc_root: Path, recipe: TrainParams):
+    """torchvision's way: VOCSegmentation decodes JPEG and PNG with PIL per sample, then the transforms.v2 recipe
+    of torchvision's segmentation reference; samples are (normalised float image, int64 mask) of the crop size."""
+    from torchvision import tv_tensors
+    from torchvision.datasets import VOCSegmentation, wrap_dataset_for_transforms_v2
+    from torchvision.transforms import v2
+
+    crop = list(recipe.crop_size)
+    base = min(crop)  # the reference draws the short side from [0.5, 2] × base_size
+    transform = v2.Compose([
+        v2.RandomResize(int(recipe.scale_range[0] * base), int(recipe.scale_range[1] * base)),
+        v2.RandomHorizontalFlip(0.5 if recipe.hflip else 0.0),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+        v2.ToImage(), v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None},
+                                 scale=True),
+        v2.Normalize(MEAN, STD),
+        v2.Lambda(_drop_channel, tv_tensors.Mask),  # 1×H×W from PIL → H×W, what the loss takes
+    ])
+    return wrap_dataset_for_transforms_v2(VOCSegmentation(str(voc_root), year="2012", image_set="train",
+                                                          transforms=transform))
+
+
+def _drop_channel(mask: torch.Tensor) -> torch.Tensor:
+    return mask.squeeze(0)
+
+
+def torchvision_loader(voc_root: Path, recipe: TrainParams, device: torch.device, workers: int, seed: int):
+    """`torchvision_dataset` through a DataLoader with the decoding and augmentation in its workers."""
+    loader = DataLoader(torchvision_dataset(voc_root, recipe), batch_size=recipe.batch_size, shuffle=True,
+                        num_workers=workers, persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
+
+    def batches():
+        for images, labels in loader:
+            images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            yield len(images)
+    return batches
+
+
+def compare_loader(voc_root: Path, prepared: Path, recipe: TrainParams, device: torch.device, workers: int,
+                   budget_s: float, seed: int = 0) -> dict:
+    rows = {}
+    for name, make in (("project", project_loader(prepared, recipe, device, workers, seed)),
+                       ("torchvision", torchvision_loader(voc_root, recipe, device, workers, seed))):
+        samples, seconds = _passes(make, budget_s)
+        rows[name] = samples / seconds
+    return {"project_samples_per_second": rows["project"], "torchvision_samples_per_second": rows["torchvision"],
+            "ratio": rows["project"] / rows["torchvision"]}
+
+
+def _median_time(step: Callable[[], None], warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def plain_fp32_step(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    optimizer: torch.optim.Optimizer) -> None:
+    """torchvision's reference step: fp32, default memory format, `out` + 0.5 × `aux` cross-entropy."""
+    outputs = net(images)
+    outputs = outputs if isinstance(outputs, dict) else {"out": outputs}
+    loss = F.cross_entropy(outputs["out"], labels, ignore_index=IGNORE_INDEX)
+    if "aux" in outputs:
+        loss = loss + 0.5 * F.cross_entropy(outputs["aux"], labels, ignore_index=IGNORE_INDEX)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def compare_train_step(samples: list, architecture: str, options: dict, recipe: TrainParams, device: torch.device,
+                       warmup: int, steps: int, seed: int = 0) -> dict:
+    """img/s of the project's step and of the plain step on the same batch; on CUDA also the FLOP utilisation."""
+    batch = samples[:recipe.batch_size]
+    policy = runtime.resolve(device, amp=recipe.amp, channels_last=recipe.channels_last, training=True)
+    torch.manual_seed(seed)
+    net = policy.place_model(build(architecture, **options)).train()
+    optimizer = make_optimizer(net, recipe)
+    project = _median_time(lambda: (train_step(net, batch, optimizer, recipe, policy), policy.synchronize()),
+                           warmup, steps)
+
+    torch.manual_seed(seed)
+    plain_net = build(architecture, **options).to(device).train()
+    plain_optimizer = torch.optim.SGD(plain_net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    images, labels = train_batch(batch, device, recipe.crop_size, recipe.scale_range, recipe.hflip)
+    plain = _median_time(lambda: (plain_fp32_step(plain_net, images, labels, plain_optimizer), policy.synchronize()),
+                         warmup, steps)
+    row = {"project_images_per_second": len(batch) / project, "plain_fp32_images_per_second": len(batch) / plain,
+           "ratio": plain / project}
+    if device.type == "cuda":
+        row.update(flop_utilisation(plain_net, images, labels, plain_optimizer, len(batch) / project, device))
+    return row
+
+
+def flop_utilisation(net, images, labels, optimizer, images_per_second: float, device: torch.device) -> dict:
+    """Model FLOPs of one training step (forward and backward, counted by torch.utils.flop_counter) × the
+    project's steps/s, over the device's dense bf16 peak (None where the device is not in PEAK_BF16_TFLOPS)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        plain_fp32_step(net, images, labels, optimizer)
+    flops_per_image = counter.get_total_flops() / len(images)
+    name = torch.cuda.get_device_name(device)
+    peak = next((tflops for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+    achieved = flops_per_image * images_per_second
+    return {"gflops_per_image": flops_per_image / 1e9, "achieved_tflops": achieved / 1e12,
+            "peak_bf16_tflops": peak, "flop_utilisation": achieved / (peak * 1e12) if peak else None}
+
+
+def compare_confusion(size: tuple[int, int], images: int, device: torch.device, repeats: int, seed: int = 0) -> dict:
+    """Accumulating `images` predictions of `size` (with void pixels) into a 21-class confusion matrix."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    generator = torch.Generator().manual_seed(seed)
+    predictions = torch.randint(0, NUM_CLASSES, (images, *size), generator=generator).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (images, *size), generator=generator)
+    labels[:, ::7] = IGNORE_INDEX
+    labels = labels.to(device)
+
+    def ours() -> torch.Tensor:
+        matrix = ConfusionMatrix(NUM_CLASSES, device=device)
+        for prediction, label in zip(predictions, labels):
+            matrix.update(prediction, label)
+        return matrix.matrix
+
+    def theirs() -> torch.Tensor:
+        metric = MulticlassConfusionMatrix(NUM_CLASSES, ignore_index=IGNORE_INDEX, validate_args=False).to(device)
+        for prediction, label in zip(predictions, labels):
+            metric.update(prediction, label)
+        return metric.compute()
+
+    if not torch.equal(ours().long().cpu(), theirs().long().cpu()):
+        raise AssertionError("the project's confusion matrix differs from torchmetrics' on the same predictions")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    project = _median_time(lambda: (ours(), sync()), 1, repeats)
+    torchmetrics = _median_time(lambda: (theirs(), sync()), 1, repeats)
+    return {"project_images_per_second": images / project, "torchmetrics_images_per_second": images / torchmetrics,
+            "ratio": torchmetrics / project}
+
+
+def voc_like_sizes(images: int, seed: int = 0) -> list[tuple[int, int]]:
+    """(height, width) pairs shaped like VOC's: 500 px on the long side, 281–500 on the short, mostly landscape."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = []
+    for _ in range(images):
+        short = int(torch.randint(281, 501, (), generator=generator))
+        sizes.append((short, 500) if float(torch.rand((), generator=generator)) < 0.7 else (500, short))
+    return sizes
+
+
+def compare_evaluate(architecture: str, options: dict, images: int, device: torch.device, seed: int = 0) -> dict:
+    """(CUDA) `evaluation.evaluate` over `images` of VOC-like sizes against the same images predicted one at a time
+    with cudnn.benchmark on, which autotunes every new shape."""
+    from pipeline.evaluation import evaluate
+    from pipeline.inference import predict
+
+    sizes = voc_like_sizes(images, seed)
+    generator = torch.Generator().manual_seed(seed)
+    dataset = [(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
+                torch.randint(0, NUM_CLASSES, (h, w), dtype=torch.uint8, generator=generator)) for h, w in sizes]
+    policy = runtime.resolve(device)
+    net = policy.place_model(build(architecture, **options)).eval()
+    started = time.perf_counter()
+    evaluate(net, dataset, policy)
+    project = time.perf_counter() - started
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        started = time.perf_counter()
+        for image, _label in dataset:
+            predict(net, image.to(device), policy)
+        policy.synchronize()
+        autotuned = time.perf_counter() - started
+    finally:
+        torch.backends.cudnn.benchmark = previous
+    return {"images": len(sizes), "distinct_sizes": len(set(sizes)), "project_seconds": project,
+            "autotuned_seconds": autotuned, "ratio": autotuned / project}
+
+
+def run(voc_root: Path, prepared: Path, samples: list, settings, device: torch.device) -> tuple[dict, dict]:
+    """Every comparison under `settings` (a `bench.Settings`): ({comparison: {case: ratio}} or {comparison: ratio},
+    the same shape with the measurements behind each ratio)."""
+    recipe = TrainParams(crop_size=list(settings.crop_size), batch_size=settings.batch_size, device=str(device))
+    ratios: dict = {}
+    details: dict = {}
+
+    def record(comparison: str, case: str | None, row: dict, value: float | None = None) -> None:
+        value = row["ratio"] if value is None else value
+        if case is None:
+            ratios[comparison], details[comparison] = value, row
+        else:
+            ratios.setdefault(comparison, {})[case] = value
+            details.setdefault(comparison, {})[case] = row
+
+    for workers in settings.loader_workers:
+        record("loader_project_over_torchvision", f"workers={workers}",
+               compare_loader(voc_root, prepared, recipe, device, workers, settings.loader_budget_s, settings.seed))
+    for name, (architecture, options) in settings.variants.items():
+        row = compare_train_step(samples, architecture, options, recipe, device, settings.warmup_steps,
+                                 settings.min_steps, settings.seed)
+        record("train_step_project_over_plain_fp32", name, row)
+        if row.get("flop_utilisation") is not None:
+            record("flop_utilisation", name, row, row["flop_utilisation"])
+        if device.type == "cuda":
+            record("evaluate_project_over_autotuned", name,
+                   compare_evaluate(architecture, options, settings.comparison_eval_images, device, settings.seed))
+    record("confusion_bincount_over_torchmetrics", None,
+           compare_confusion(settings.eval_size, settings.confusion_images, device, settings.min_steps, settings.seed))
+    return ratios, details
