@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test lint demo repro ui bench check-metrics clean-demo server promote serve sweep update-plot-libs
+.PHONY: setup test lint demo repro ui bench check-metrics clean-demo server promote serve sweep rehearse update-plot-libs
 
 setup: $(STAMP)
 
@@ -61,6 +61,11 @@ promote: $(STAMP)
 serve: $(STAMP)
 	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve -m models:/voc-$(MODEL)@champion \
 		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+# What a real run costs: the real train and evaluate stages on a generated VOC-shaped dataset (1,464 / 1,449 images
+# of VOC's sizes), one epoch of params.yaml's recipe per model; meant for a GPU (see tools/rehearse.py).
+rehearse: $(STAMP)
+	$(BIN)/python -m tools.rehearse
 
 # Rebuild plots/page.html (vega, vega-lite, vega-embed inlined for offline `dvc plots show`) from the npm registry
 # after changing LIBRARIES in plots/offline_page.py. Needs npm and the network; the plots themselves need neither.

@@ -6,7 +6,6 @@ Images are predicted one at a time: VOC's sizes vary, and padding them to a batc
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -94,9 +93,7 @@ def evaluate_split(model: torch.nn.Module, dataset, runtime: Runtime, prediction
 
         run = evaluate(model, dataset, runtime, flip=flip, scales=scales, on_prediction=save)
     scores = run.confusion.compute()
-    peak_mb = (torch.cuda.max_memory_allocated(runtime.device) if runtime.on_gpu
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    speed = {"images_per_second": round(run.images_per_second, 2), "peak_memory_mb": round(peak_mb, 1),
+    speed = {"images_per_second": round(run.images_per_second, 2), "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
              "device": str(runtime.device), "images": run.images}
     return EvaluationReport(metrics=report(scores), speed=speed, per_class=per_class_rows(scores),
                             confusion=confusion_rows(run.confusion.matrix, CLASSES), matrix=run.confusion.matrix)

@@ -17,6 +17,7 @@ the bench, so that no module re-derives "bf16 on CUDA" with its own rule.
 from __future__ import annotations
 
 import contextlib
+import resource
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,12 @@ class Runtime:
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
+
+    def peak_memory_mb(self) -> float:
+        """The device's peak: tensors allocated on the GPU since the last reset, else the process's peak RSS."""
+        if self.on_gpu:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**20
 
     @property
     def memory_format(self) -> torch.memory_format:

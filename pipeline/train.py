@@ -370,6 +370,7 @@ def _summary(session: Session) -> dict:
         "images_per_second": sum(r["images_per_second"] for r in history) / len(history) if history else None,
         "parameters": sum(p.numel() for p in session.net.parameters()),
         "device": str(session.runtime.device),
+        "peak_memory_mb": round(session.runtime.peak_memory_mb(), 1),
         "world_size": session.world.world_size,
         "params_hash": session.run_hash,
     }

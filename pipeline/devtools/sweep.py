@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # Three learning rates of the demo's FCN around the demo's own (Adam, 2e-3).
 DEFAULT_GRID: dict[str, list] = {"models.fcn.train.lr": [0.001, 0.002, 0.004]}
 
+REMOVED_AFTER_S = 30.0
 _QUEUED = re.compile(r"Queued experiment '([^']+)'")
 _STATES = {"Queued", "Running", "Success", "Failed", "Unknown"}
 
@@ -139,10 +140,15 @@ def run_queued(names: list[str], *, cwd: Path = Path("."), jobs: int = 1, follow
     _dvc(cwd, "queue", "start", "--jobs", str(jobs))
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     followed: set[str] = set()
+    last_seen = {name: time.monotonic() for name in names}
     while True:
         states = queue_states(cwd)
-        # A name no longer listed was removed from the queue (`dvc queue remove`): it will never finish.
-        final = {name: states.get(name, "Removed") for name in names}
+        now = time.monotonic()
+        last_seen.update({name: now for name in names if name in states})
+        # An experiment can be missing from `dvc queue status` for a moment while a worker picks it up (seen in CI):
+        # only one missing for REMOVED_AFTER_S was removed from the queue (`dvc queue remove`) and will never finish.
+        final = {name: states.get(name, "Removed" if now - last_seen[name] > REMOVED_AFTER_S else "Running")
+                 for name in names}
         if all(state not in ("Queued", "Running") for state in final.values()):
             return final
         running = [name for name, state in final.items() if state == "Running" and name not in followed]

@@ -68,12 +68,13 @@ def class_look(class_id: int) -> Look:
 
 
 def write_voc_tar(path: str | Path, *, seed: int = 0, n_train: int = 200, n_val: int = 100,
-                  min_size: int = 96, max_size: int = 160) -> str:
+                  min_size: int = 96, max_size: int = 160, voc_shaped: bool = False) -> str:
     """Write a VOC-2012-layout tar of generated images to `path` (atomically) and return its md5 hex digest.
 
-    Width and height of each image are drawn independently in [min_size, max_size]. Every class (background and
-    the 20 objects) appears in both splits whenever a split has at least 7 images (3 objects each ≥ 20).
-    The same arguments always give a byte-identical tar.
+    Width and height of each image are drawn independently in [min_size, max_size]; with `voc_shaped`, as in VOC,
+    the long side is max_size and the short one is drawn in [min_size, max_size], landscape 7 times in 10. Every
+    class (background and the 20 objects) appears in both splits whenever a split has at least 7 images (3 objects
+    each ≥ 20). The same arguments always give a byte-identical tar.
     """
     if n_train < 1 or n_val < 1:
         raise PipelineError(f"synthetic dataset: need at least 1 train and 1 val image, got {n_train} and {n_val}")
@@ -96,7 +97,11 @@ def write_voc_tar(path: str | Path, *, seed: int = 0, n_train: int = 200, n_val:
     sizes: dict[str, tuple[int, int]] = {}
     for i, image_id in enumerate(ids):
         group = "unlisted" if i >= n else "train" if in_train[i] else "val"
-        height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+        if voc_shaped:
+            short = int(rng.integers(min_size, max_size + 1))
+            height, width = (short, max_size) if rng.random() < 0.7 else (max_size, short)
+        else:
+            height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
         image, label = _sample(rng, height, width, next(queue[group]))
         jpegs[image_id] = _encode_jpeg(image)
         if group != "unlisted":
