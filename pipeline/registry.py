@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
-from pipeline.tracking import bound_http_calls, tracking_uri
+from pipeline.tracking import configure_client, tracking_uri
 
 CHAMPION = "champion"
 SCORE_TAG = "val_miou"
@@ -49,7 +49,7 @@ def promote(key: str) -> Promotion:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    bound_http_calls()
+    configure_client()
     uri = tracking_uri()
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = registered_name(key)

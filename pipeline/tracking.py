@@ -41,8 +41,13 @@ HTTP_LIMITS = {
 }
 
 
-def bound_http_calls() -> None:
-    for name, value in HTTP_LIMITS.items():
+# MLflow draws a progress bar for every artefact it copies (a model, a figure), interleaved with the stages' logs.
+QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def configure_client() -> None:
+    """HTTP_LIMITS and QUIET, where the environment does not already say otherwise."""
+    for name, value in {**HTTP_LIMITS, **QUIET}.items():
         os.environ.setdefault(name, value)
 
 
@@ -79,7 +84,7 @@ class Tracker:
         self.run_id: str | None = None
         self.active = False
         uri = tracking_uri()
-        bound_http_calls()
+        configure_client()
         reason = _reachable(uri)
         if reason is not None:
             log.warning("MLflow tracking server %s unreachable (%s): this run is not tracked; the DVC outputs "
@@ -246,7 +251,7 @@ def download_logged_model(model_uri: str, destination: str | Path) -> Path:
 
     from pipeline.errors import PipelineError
 
-    bound_http_calls()
+    configure_client()
     mlflow.set_tracking_uri(tracking_uri())
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination)))
