@@ -146,7 +146,7 @@ def _http_attempt(url: str, part: Path, want: _Want, *, timeout_s: float, progre
         error.close()
         if error.code == 416 and offset:
             # The part already reaches the end of the file (or beyond): let the size and md5 check decide.
-            return _md5_of(part), True
+            return md5_of(part), True
         if error.code in RETRY_STATUSES:
             raise _Retry(f"HTTP {error.code}") from None
         raise _SourceFailed(f"HTTP {error.code}") from None
@@ -273,7 +273,7 @@ def _check_file(path: Path, want: _Want) -> str | None:
     size = path.stat().st_size
     if want.size is not None and size != want.size:  # no need to hash 2 GB to know
         return f"size mismatch (got {size} bytes, want {want.size})"
-    return _mismatch(size, _md5_of(path), want)
+    return _mismatch(size, md5_of(path), want)
 
 
 def _mismatch(size: int, digest: str, want: _Want) -> str | None:
@@ -290,7 +290,8 @@ def _md5_hasher(path: Path):
         return hashlib.file_digest(file, lambda: hashlib.md5(usedforsecurity=False))
 
 
-def _md5_of(path: Path) -> str:
+def md5_of(path: Path) -> str:
+    """The hex md5 of a whole file, as DVC and the archives' published checksums give it."""
     return _md5_hasher(path).hexdigest()
 
 

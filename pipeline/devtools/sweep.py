@@ -10,7 +10,6 @@ DVC_EXP_BASELINE_REV, DVC_ROOT), so each experiment is one MLflow run in this ch
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
@@ -28,6 +27,7 @@ import yaml
 
 from pipeline.cli import venv_tool
 from pipeline.devtools.demo import demo_overrides, hydra_value, merge_overrides, set_param_flags
+from pipeline.download import md5_of
 from pipeline.errors import PipelineError
 from pipeline.params import parse
 
@@ -189,18 +189,13 @@ def show_command(grid: dict[str, list], targets: list[str]) -> list[str]:
     return ["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", keep, *order]
 
 
-def _md5(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
-
-
 def run(*, grid: dict[str, list], tar: Path, sbd_tgz: Path, demo_file: Path = Path("params.demo.yaml"),
         params_file: Path = Path("params.yaml"), jobs: int = 1) -> dict[str, str]:
     """The sweep on `make demo`'s archives and settings; fails when an experiment failed."""
     missing = [str(path) for path in (tar, sbd_tgz) if not path.is_file()]
     if missing:
         raise PipelineError(f"{', '.join(missing)}: not found; run `make demo` first (the sweep uses its data)")
-    overrides = demo_overrides(demo_file, tar, _md5(tar), sbd_tgz, _md5(sbd_tgz))
+    overrides = demo_overrides(demo_file, tar, md5_of(tar), sbd_tgz, md5_of(sbd_tgz))
     base: dict[str, Any] = merge_overrides(yaml.safe_load(params_file.read_text()), overrides)
     for point in grid_points(grid):  # a typo or a bad value stops here, before anything is queued
         parse(merge_overrides(base, point), source=f"{params_file} + {demo_file} + sweep {point}")

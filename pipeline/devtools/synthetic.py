@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import colorsys
 import gzip
-import hashlib
 import io
 import math
 import tarfile
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.atomic import atomic_file
+from pipeline.download import md5_of
 from pipeline.errors import PipelineError
 from pipeline.sbd import SBD_ROOT
 from pipeline.voc import ARCHIVE_ROOT, IGNORE_INDEX, NUM_CLASSES, label_png
@@ -124,7 +124,7 @@ def write_voc_tar(path: str | Path, *, seed: int = 0, n_train: int = 200, n_val:
         with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
             for name, data in members:
                 _add(tar, name, data)
-        return _md5(tmp)
+        return md5_of(tmp)
 
 
 def write_sbd_tgz(path: str | Path, voc_tar: str | Path, *, seed: int = 1, n_train: int = 40, n_val: int = 20,
@@ -168,7 +168,7 @@ def write_sbd_tgz(path: str | Path, voc_tar: str | Path, *, seed: int = 1, n_tra
             with tarfile.open(fileobj=packed, mode="w", format=tarfile.GNU_FORMAT) as tar:
                 for name, data in members:
                     _add(tar, name, data)
-        return _md5(tmp)
+        return md5_of(tmp)
 
 
 def _read_voc_tar(voc_tar: str | Path) -> dict:
@@ -358,8 +358,3 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
     else:
         info.size, info.mode = len(data), 0o644
         tar.addfile(info, io.BytesIO(data))
-
-
-def _md5(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
