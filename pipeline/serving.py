@@ -21,8 +21,7 @@ import torch
 
 from pipeline import checkpoint, runtime
 from pipeline.errors import PipelineError
-from pipeline.inference import predict
-from pipeline.user_images import read_rgb
+from pipeline.user_images import read_rgb, segment
 from pipeline.voc import label_png
 
 INPUT_COLUMN = "image"
@@ -58,11 +57,7 @@ def segment_encoded(model: torch.nn.Module, policy: runtime.Runtime, images: lis
     """One `mask_png` per encoded image; every row is decoded before any is segmented, so a bad row fails the
     request before the model spends time on the others."""
     decoded = [decode_image(image, row) for row, image in enumerate(images)]
-    masks = []
-    for image in decoded:
-        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(policy.device)
-        masks.append(encode_mask(predict(model, tensor, policy).to(torch.uint8).cpu().numpy()))
-    return masks
+    return [encode_mask(segment(model, image, policy)) for image in decoded]
 
 
 def save_served_model(model_file: str | Path, directory: str | Path) -> Path:

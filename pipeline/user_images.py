@@ -85,6 +85,12 @@ def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     return outputs
 
 
+def segment(model: torch.nn.Module, image: np.ndarray, runtime: Runtime) -> np.ndarray:
+    """H×W×3 uint8 image → H×W uint8 class map, at the image's own size."""
+    tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(runtime.device)
+    return predict(model, tensor, runtime).to(torch.uint8).cpu().numpy()
+
+
 def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime) -> list[str]:
     """Write `<stem>.png` (VOC palette indices) and `<stem>_overlay.png` per input; returns one line per file
     that could not be read, after processing all the others."""
@@ -98,8 +104,7 @@ def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runt
             failures.append(str(error))
             log.error("%s", error)
             continue
-        tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(runtime.device)
-        labels = predict(model, tensor, runtime).to(torch.uint8).cpu().numpy()
+        labels = segment(model, image, runtime)
         write_png(label_file, label_png(labels))
         write_png(overlay_file, Image.fromarray(overlay(image, labels)))
         log.info("%s → %s", path, label_file)
