@@ -1,4 +1,4 @@
-"""Inference: one image → its class map at full resolution, with optional test-time augmentation."""
+"""Inference: images → their class maps at full resolution, with optional test-time augmentation."""
 
 from __future__ import annotations
 
@@ -13,26 +13,26 @@ from pipeline.voc import NUM_CLASSES
 
 
 @torch.no_grad()
-def predict(
+def predict_batch(
     model: torch.nn.Module,
-    image: torch.Tensor,
+    images: torch.Tensor,
     runtime: Runtime,
     *,
     flip: bool = False,
     scales: Iterable[float] = (1.0,),
 ) -> torch.Tensor:
-    """uint8 3×H×W image on the runtime's device → H×W long class map.
+    """uint8 N×3×H×W images of one size, on the runtime's device → N×H×W long class maps.
 
     With test-time augmentation the softmax probabilities of every scale (and its mirror image) are averaged
     at full resolution, as in DeepLab's multi-scale evaluation.
     """
-    height, width = image.shape[-2:]
-    batch = normalize(image.unsqueeze(0))
+    height, width = images.shape[-2:]
+    batch = normalize(images)
     views = [(scale, mirrored) for scale in scales for mirrored in ((False, True) if flip else (False,))]
     if views == [(1.0, False)]:
         with runtime.autocast():
-            return model(runtime.place_input(batch)).argmax(1)[0]
-    total = torch.zeros(1, NUM_CLASSES, height, width, device=image.device)
+            return model(runtime.place_input(batch)).argmax(1)
+    total = torch.zeros(len(images), NUM_CLASSES, height, width, device=images.device)
     for scale, mirrored in views:
         x = batch if scale == 1.0 else F.interpolate(batch, scale_factor=scale, mode="bilinear", align_corners=False)
         x = x.flip(-1) if mirrored else x
@@ -42,4 +42,10 @@ def predict(
         if logits.shape[-2:] != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         total += logits.softmax(1)
-    return total.argmax(1)[0]
+    return total.argmax(1)
+
+
+def predict(model: torch.nn.Module, image: torch.Tensor, runtime: Runtime, *, flip: bool = False,
+            scales: Iterable[float] = (1.0,)) -> torch.Tensor:
+    """uint8 3×H×W image on the runtime's device → H×W long class map (`predict_batch` of one)."""
+    return predict_batch(model, image.unsqueeze(0), runtime, flip=flip, scales=scales)[0]

@@ -167,6 +167,8 @@ class EvaluateParams:
     flip: bool = False
     scales: list[float] = field(default_factory=lambda: [1.0])
     max_miou_drop: float = field(default=0.005, metadata=_range(0))
+    # >1: same-size images predicted together; faster on a GPU, but not always the same pixels (pipeline/evaluation.py)
+    batch_size: int = field(default=1, metadata=_range(1))
 
     def __post_init__(self) -> None:
         if not self.scales or min(self.scales) <= 0:

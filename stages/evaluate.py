@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     policy = runtime.resolve(args.device)
     model = checkpoint.load_model(paths.model_file)
     result = evaluate_split(policy.place_model(model), VOCPrepared(args.prepared, "val"), policy, paths.predictions,
-                            flip=params.evaluate.flip, scales=params.evaluate.scales)
+                            flip=params.evaluate.flip, scales=params.evaluate.scales,
+                            batch_size=params.evaluate.batch_size)
 
     write_json(paths.metrics, result.metrics)
     write_json(paths.speed, result.speed)

@@ -61,6 +61,7 @@ def test_every_target_names_a_measured_metric():
             "evaluate": set(bench.VARIANTS)}
     cases = {"loader_project_over_torchvision": loaders, "train_step_project_over_plain_fp32": set(bench.VARIANTS),
              "flop_utilisation": set(bench.VARIANTS), "evaluate_project_over_autotuned": set(bench.VARIANTS),
+             "train_step_compiled_over_eager": set(bench.CUDA.compile_variants),
              "confusion_bincount_over_torchmetrics": {None}}
     for targets in bench.TARGETS.values():
         for path, target in targets.items():

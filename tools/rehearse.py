@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     models = args.models or list(base["models"])
     with tempfile.TemporaryDirectory(prefix="voc-rehearsal-") as scratch:
         results = rehearsal.run(args.workdir or Path(scratch), models=models, base_params=base, epochs=args.epochs,
-                                n_train=args.train, n_val=args.val, sizes=tuple(args.sizes), device=args.device)
-    write_json(args.out, results)
+                                n_train=args.train, n_val=args.val, sizes=tuple(args.sizes), device=args.device,
+                                on_progress=lambda so_far: write_json(args.out, so_far))
     print(rehearsal.markdown(results))
     print(f"\nwritten to {args.out}")
 

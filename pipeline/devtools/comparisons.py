@@ -7,15 +7,19 @@ the same run on the same data, each reduced to one ratio (project over alternati
   train      the training loop's step (`train_step` under the runtime policy) vs a plain fp32 eager step in the style
              of torchvision's reference (batch already on the device, SGD, cross-entropy with the aux head at 0.5)
   confusion  the project's bincount confusion matrix vs torchmetrics' MulticlassConfusionMatrix, same predictions
-  evaluate   (CUDA) the evaluate stage's images of many sizes without autotuning vs one at a time with
-             cudnn.benchmark on, as evaluation ran before
+  evaluate   (CUDA) the evaluate stage's images of many sizes, one at a time without autotuning, vs the same with
+             cudnn.benchmark on, as evaluation ran before; and the opt-in same-size batches vs one at a time, with
+             the pixels whose prediction the batch changes
+  compile    (CUDA, `Settings.compile_variants`) the step compiled by torch.compile vs eager, with the first
+             step's seconds and the steps it takes to break even
 
 and, on CUDA, model FLOP utilisation: FLOPs of one training step (torch.utils.flop_counter) × steps/s over the
-device's dense bf16 peak.
+device's dense bf16 peak, and the project's step under each precision × memory format, to choose them per model.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +39,8 @@ from pipeline.optimization import make_optimizer, train_step
 from pipeline.params import TrainParams
 from pipeline.transforms import MEAN, STD
 from pipeline.voc import IGNORE_INDEX, NUM_CLASSES
+
+log = logging.getLogger(__name__)
 
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets, for model FLOP utilisation.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "L40S": 362.0}
@@ -141,14 +147,11 @@ def plain_fp32_step(net: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 def compare_train_step(samples: list, architecture: str, options: dict, recipe: TrainParams, device: torch.device,
                        warmup: int, steps: int, seed: int = 0) -> dict:
-    """img/s of the project's step and of the plain step on the same batch; on CUDA also the FLOP utilisation."""
+    """img/s of the project's step and of the plain step on the same batch; on CUDA also the FLOP utilisation and
+    the project's step under each precision × memory format (`policies`), to choose them per model."""
     batch = samples[:recipe.batch_size]
     policy = runtime.resolve(device, amp=recipe.amp, channels_last=recipe.channels_last, training=True)
-    torch.manual_seed(seed)
-    net = policy.place_model(build(architecture, **options)).train()
-    optimizer = make_optimizer(net, recipe)
-    project = _median_time(lambda: (train_step(net, batch, optimizer, recipe, policy), policy.synchronize()),
-                           warmup, steps)
+    project = _project_step_time(batch, architecture, options, recipe, policy, warmup, steps, seed)
 
     torch.manual_seed(seed)
     plain_net = build(architecture, **options).to(device).train()
@@ -160,7 +163,47 @@ def compare_train_step(samples: list, architecture: str, options: dict, recipe: 
            "ratio": plain / project}
     if device.type == "cuda":
         row.update(flop_utilisation(plain_net, images, labels, plain_optimizer, len(batch) / project, device))
+        row["policies"] = {
+            f"{'bf16' if amp else 'fp32'}+{'channels_last' if nhwc else 'nchw'}": len(batch) / _project_step_time(
+                batch, architecture, options, recipe, runtime.resolve(device, amp=amp, channels_last=nhwc,
+                                                                      training=True), warmup, steps, seed)
+            for amp in (True, False) for nhwc in (True, False)}
     return row
+
+
+def _project_step_time(batch: list, architecture: str, options: dict, recipe: TrainParams, policy: runtime.Runtime,
+                       warmup: int, steps: int, seed: int) -> float:
+    """Median seconds of the training loop's step (`train_step`) under `policy`, compiled when it says so."""
+    torch.manual_seed(seed)
+    net = policy.place_model(build(architecture, **options)).train()
+    optimizer = make_optimizer(net, recipe)
+    model = torch.compile(net) if policy.compile else net
+    return _median_time(lambda: (train_step(model, batch, optimizer, recipe, policy), policy.synchronize()),
+                        warmup, steps)
+
+
+def compare_compile(samples: list, architecture: str, options: dict, recipe: TrainParams, device: torch.device,
+                    steps: int, seed: int = 0) -> dict:
+    """(CUDA) the training step compiled (torch.compile, default mode) vs eager under the same policy: the first
+    compiled step's seconds (the compilation) and the steady-state ratio; `break_even_steps` is how many steps the
+    compiled run needs before it is ahead."""
+    batch = samples[:recipe.batch_size]
+    policy = runtime.resolve(device, amp=recipe.amp, channels_last=recipe.channels_last, training=True)
+    eager = _project_step_time(batch, architecture, options, recipe, policy, 3, steps, seed)
+    torch.manual_seed(seed)
+    net = policy.place_model(build(architecture, **options)).train()
+    optimizer = make_optimizer(net, recipe)
+    model = torch.compile(net)
+    started = time.perf_counter()
+    train_step(model, batch, optimizer, recipe, policy)
+    policy.synchronize()
+    first_step = time.perf_counter() - started
+    compiled = _median_time(lambda: (train_step(model, batch, optimizer, recipe, policy), policy.synchronize()),
+                            2, steps)
+    gain = eager - compiled
+    return {"eager_images_per_second": len(batch) / eager, "compiled_images_per_second": len(batch) / compiled,
+            "first_step_seconds": first_step, "ratio": eager / compiled,
+            "break_even_steps": (first_step - compiled) / gain if gain > 0 else None}
 
 
 def flop_utilisation(net, images, labels, optimizer, images_per_second: float, device: torch.device) -> dict:
@@ -209,43 +252,71 @@ def compare_confusion(size: tuple[int, int], images: int, device: torch.device, 
             "ratio": torchmetrics / project}
 
 
-def voc_like_sizes(images: int, seed: int = 0) -> list[tuple[int, int]]:
-    """(height, width) pairs shaped like VOC's: 500 px on the long side, 281–500 on the short, mostly landscape."""
+def voc_like_sizes(images: int, seed: int = 0, family: int = 0) -> list[tuple[int, int]]:
+    """(height, width) pairs shaped like VOC's: 500 px on the long side, 281–500 on the short, mostly landscape.
+    Half are one typical size (VOC's is 500×375 / 375×500), the rest drawn anew: an assumption, as VOC's own
+    histogram is not at hand. Families 0, 1, 2 share no size (every short side ≡ family mod 3, the typical one
+    375 + family), so that each path of a comparison meets as many new shapes as the others."""
     generator = torch.Generator().manual_seed(seed)
     sizes = []
     for _ in range(images):
-        short = int(torch.randint(281, 501, (), generator=generator))
-        sizes.append((short, 500) if float(torch.rand((), generator=generator)) < 0.7 else (500, short))
+        landscape = float(torch.rand((), generator=generator)) < 0.7
+        typical = float(torch.rand((), generator=generator)) < 0.5
+        drawn = int(torch.randint(283, 501, (), generator=generator))
+        short = 375 + family if typical else drawn - (drawn - family) % 3
+        sizes.append((short, 500) if landscape else (500, short))
     return sizes
 
 
-def compare_evaluate(architecture: str, options: dict, images: int, device: torch.device, seed: int = 0) -> dict:
-    """(CUDA) `evaluation.evaluate` over `images` of VOC-like sizes against the same images predicted one at a time
-    with cudnn.benchmark on, which autotunes every new shape."""
+def compare_evaluate(architecture: str, options: dict, images: int, device: torch.device, seed: int = 0,
+                     batch_size: int = 8) -> dict:
+    """(CUDA) `evaluation.evaluate` as the evaluate stage runs it (one image at a time, no autotuning) against one
+    image at a time with cudnn.benchmark on (autotuning every new shape, as evaluation first ran), and the opt-in
+    same-size batches (`evaluate.batch_size`). Each path first meets sizes it has not seen ("cold", as a fresh
+    evaluate process does; each on its own family of sizes), then the same images again ("warm").
+    `differing_pixels` counts the batched predictions that are not what the image gets alone."""
     from pipeline.evaluation import evaluate
-    from pipeline.inference import predict
 
-    sizes = voc_like_sizes(images, seed)
-    generator = torch.Generator().manual_seed(seed)
-    dataset = [(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
-                torch.randint(0, NUM_CLASSES, (h, w), dtype=torch.uint8, generator=generator)) for h, w in sizes]
+    def dataset(family: int) -> list:
+        generator = torch.Generator().manual_seed(seed)
+        return [(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator),
+                 torch.randint(0, NUM_CLASSES, (h, w), dtype=torch.uint8, generator=generator))
+                for h, w in voc_like_sizes(images, seed, family)]
+
     policy = runtime.resolve(device)
+    torch.manual_seed(seed)
     net = policy.place_model(build(architecture, **options)).eval()
-    started = time.perf_counter()
-    evaluate(net, dataset, policy)
-    project = time.perf_counter() - started
-    previous = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
+    evaluate(net, [(image[:, :64, :64], label[:64, :64]) for image, label in dataset(0)[:2]], policy)  # CUDA context
+
+    def timed(data: list, batch: int = 1, autotune: bool = False) -> tuple[float, dict]:
+        predictions: dict[int, torch.Tensor] = {}
+        previous = torch.backends.cudnn.benchmark
         started = time.perf_counter()
-        for image, _label in dataset:
-            predict(net, image.to(device), policy)
+        if autotune:  # evaluate() turns autotuning off; the path it replaced called predict() with it on
+            from pipeline.inference import predict
+
+            torch.backends.cudnn.benchmark = True
+            try:
+                for index, (image, _label) in enumerate(data):
+                    predictions[index] = predict(net, image.to(device), policy)
+            finally:
+                torch.backends.cudnn.benchmark = previous
+        else:
+            evaluate(net, data, policy, batch_size=batch,
+                     on_prediction=lambda index, prediction, _label: predictions.__setitem__(index, prediction))
         policy.synchronize()
-        autotuned = time.perf_counter() - started
-    finally:
-        torch.backends.cudnn.benchmark = previous
-    return {"images": len(sizes), "distinct_sizes": len(set(sizes)), "project_seconds": project,
-            "autotuned_seconds": autotuned, "ratio": autotuned / project}
+        return (time.perf_counter() - started) / len(data), predictions
+
+    alone_data, autotuned_data, batched_data = dataset(0), dataset(1), dataset(2)
+    seconds = {"project_cold": timed(alone_data)[0], "autotuned_cold": timed(autotuned_data, autotune=True)[0],
+               "batched_cold": timed(batched_data, batch_size)[0], "project_warm": timed(alone_data)[0]}
+    seconds["batched_warm"], batched = timed(batched_data, batch_size)
+    _, alone = timed(batched_data)
+    differing = sum(int((batched[index] != prediction).sum()) for index, prediction in alone.items())
+    return {"images": images, "distinct_sizes": len(set(voc_like_sizes(images, seed))), "batch_size": batch_size,
+            **{f"{name}_ms_per_image": value * 1000 for name, value in seconds.items()},
+            "differing_pixels": differing, "ratio": seconds["autotuned_cold"] / seconds["project_cold"],
+            "batched_over_one_at_a_time": seconds["project_warm"] / seconds["batched_warm"]}
 
 
 def run(voc_root: Path, prepared: Path, samples: list, settings, device: torch.device) -> tuple[dict, dict]:
@@ -257,6 +328,7 @@ def run(voc_root: Path, prepared: Path, samples: list, settings, device: torch.d
 
     def record(comparison: str, case: str | None, row: dict, value: float | None = None) -> None:
         value = row["ratio"] if value is None else value
+        log.info("%s%s: %.3g", comparison, "" if case is None else f" {case}", value)
         if case is None:
             ratios[comparison], details[comparison] = value, row
         else:
@@ -273,8 +345,13 @@ def run(voc_root: Path, prepared: Path, samples: list, settings, device: torch.d
         if row.get("flop_utilisation") is not None:
             record("flop_utilisation", name, row, row["flop_utilisation"])
         if device.type == "cuda":
-            record("evaluate_project_over_autotuned", name,
-                   compare_evaluate(architecture, options, settings.comparison_eval_images, device, settings.seed))
+            row = compare_evaluate(architecture, options, settings.comparison_eval_images, device, settings.seed)
+            record("evaluate_project_over_autotuned", name, row)
+            record("evaluate_batched_over_one_at_a_time", name, row, row["batched_over_one_at_a_time"])
+            record("evaluate_batched_differing_pixels", name, row, row["differing_pixels"])
+        if device.type == "cuda" and name in settings.compile_variants:
+            record("train_step_compiled_over_eager", name,
+                   compare_compile(samples, architecture, options, recipe, device, settings.min_steps, settings.seed))
     record("confusion_bincount_over_torchmetrics", None,
            compare_confusion(settings.eval_size, settings.confusion_images, device, settings.min_steps, settings.seed))
     return ratios, details

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def rehearsal_params(base: dict, models: list[str], epochs: int) -> dict:
 
 def _stage(workdir: Path, *args: str) -> float:
     """Run `python -m <stage> …` in `workdir` as DVC would; its wall-clock seconds."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": UNTRACKED}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "MLFLOW_TRACKING_URI": UNTRACKED}
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", *args], cwd=workdir, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -79,8 +81,10 @@ def estimate_full_run(recipe: dict, train_img_s: float, eval_img_s: float) -> di
 
 
 def run(workdir: Path, *, models: list[str], base_params: dict, epochs: int = 1, n_train: int = VOC_TRAIN,
-        n_val: int = VOC_VAL, sizes: tuple[int, int] = VOC_SIZES, device: str = "auto", seed: int = 0) -> dict:
-    """Generate, extract and prepare the VOC-shaped data in `workdir`, then train and evaluate each model."""
+        n_val: int = VOC_VAL, sizes: tuple[int, int] = VOC_SIZES, device: str = "auto", seed: int = 0,
+        on_progress: Callable[[dict], None] = lambda results: None) -> dict:
+    """Generate, extract and prepare the VOC-shaped data in `workdir`, then train and evaluate each model;
+    `on_progress(results so far)` after the data and after each model, so that a run cut short keeps them."""
     workdir.mkdir(parents=True, exist_ok=True)
     params = rehearsal_params(base_params, models, epochs)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -94,12 +98,14 @@ def run(workdir: Path, *, models: list[str], base_params: dict, epochs: int = 1,
     data["prepare_seconds"] = _stage(workdir, "stages.prepare", "--voc", "data/VOCdevkit", "--sbd", "data/SBD",
                                      "--out", "data/prepared", "--metrics", "metrics/data.json")
     results: dict[str, Any] = {"data": data, "epochs": epochs, "device": device, "models": {}}
+    on_progress(results)
     for key in models:
         try:
             results["models"][key] = _rehearse_model(workdir, key, params, base_params, n_train, device)
         except PipelineError as error:  # one model that does not fit (memory) does not hide the others' numbers
             log.error("%s", error)
             results["models"][key] = {"error": str(error)}
+        on_progress(results)
     return results
 
 
