@@ -151,7 +151,7 @@ def compare_train_step(samples: list, architecture: str, options: dict, recipe: 
     the project's step under each precision × memory format (`policies`), to choose them per model."""
     batch = samples[:recipe.batch_size]
     policy = runtime.resolve(device, amp=recipe.amp, channels_last=recipe.channels_last, training=True)
-    project = _project_step_time(batch, architecture, options, recipe, policy, warmup, steps, seed)
+    project = _median_time(_project_step(batch, architecture, options, recipe, policy, seed), warmup, steps)
 
     torch.manual_seed(seed)
     plain_net = build(architecture, **options).to(device).train()
@@ -164,22 +164,23 @@ def compare_train_step(samples: list, architecture: str, options: dict, recipe: 
     if device.type == "cuda":
         row.update(flop_utilisation(plain_net, images, labels, plain_optimizer, len(batch) / project, device))
         row["policies"] = {
-            f"{'bf16' if amp else 'fp32'}+{'channels_last' if nhwc else 'nchw'}": len(batch) / _project_step_time(
-                batch, architecture, options, recipe, runtime.resolve(device, amp=amp, channels_last=nhwc,
-                                                                      training=True), warmup, steps, seed)
+            f"{'bf16' if amp else 'fp32'}+{'channels_last' if nhwc else 'nchw'}": len(batch) / _median_time(
+                _project_step(batch, architecture, options, recipe,
+                              runtime.resolve(device, amp=amp, channels_last=nhwc, training=True), seed),
+                warmup, steps)
             for amp in (True, False) for nhwc in (True, False)}
     return row
 
 
-def _project_step_time(batch: list, architecture: str, options: dict, recipe: TrainParams, policy: runtime.Runtime,
-                       warmup: int, steps: int, seed: int) -> float:
-    """Median seconds of the training loop's step (`train_step`) under `policy`, compiled when it says so."""
+def _project_step(batch: list, architecture: str, options: dict, recipe: TrainParams, policy: runtime.Runtime,
+                  seed: int, *, compiled: bool = False) -> Callable[[], None]:
+    """One call = one training-loop step (`train_step`) on `batch` under `policy`, waited for; a fresh network and
+    optimizer, compiled by torch.compile if asked."""
     torch.manual_seed(seed)
     net = policy.place_model(build(architecture, **options)).train()
     optimizer = make_optimizer(net, recipe)
-    model = torch.compile(net) if policy.compile else net
-    return _median_time(lambda: (train_step(model, batch, optimizer, recipe, policy), policy.synchronize()),
-                        warmup, steps)
+    model = torch.compile(net) if compiled else net
+    return lambda: (train_step(model, batch, optimizer, recipe, policy), policy.synchronize())
 
 
 def compare_compile(samples: list, architecture: str, options: dict, recipe: TrainParams, device: torch.device,
@@ -189,17 +190,12 @@ def compare_compile(samples: list, architecture: str, options: dict, recipe: Tra
     compiled run needs before it is ahead."""
     batch = samples[:recipe.batch_size]
     policy = runtime.resolve(device, amp=recipe.amp, channels_last=recipe.channels_last, training=True)
-    eager = _project_step_time(batch, architecture, options, recipe, policy, 3, steps, seed)
-    torch.manual_seed(seed)
-    net = policy.place_model(build(architecture, **options)).train()
-    optimizer = make_optimizer(net, recipe)
-    model = torch.compile(net)
+    eager = _median_time(_project_step(batch, architecture, options, recipe, policy, seed), 3, steps)
+    step = _project_step(batch, architecture, options, recipe, policy, seed, compiled=True)
     started = time.perf_counter()
-    train_step(model, batch, optimizer, recipe, policy)
-    policy.synchronize()
+    step()
     first_step = time.perf_counter() - started
-    compiled = _median_time(lambda: (train_step(model, batch, optimizer, recipe, policy), policy.synchronize()),
-                            2, steps)
+    compiled = _median_time(step, 2, steps)
     gain = eager - compiled
     return {"eager_images_per_second": len(batch) / eager, "compiled_images_per_second": len(batch) / compiled,
             "first_step_seconds": first_step, "ratio": eager / compiled,
