@@ -125,12 +125,16 @@ class DeepLabOptions:
 
     backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large", "resnet18"] = "resnet50"
     aux_loss: bool | None = None
+    output_stride: Literal[8, 16] | None = field(default=None, metadata={"doc": "resnet18 only (default 8)"})
     pretrained: str = field(default="none", metadata={"doc": "imagenet, none or the path of a weights file"})
     weights_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.aux_loss is None:
             object.__setattr__(self, "aux_loss", self.backbone != "resnet18")
+        if self.output_stride is not None and self.backbone != "resnet18":
+            raise PipelineError(f"output_stride: only the resnet18 backbone takes it (torchvision builds "
+                                f"{self.backbone} at a fixed stride); remove it")
         if self.aux_loss and self.backbone == "resnet18":
             raise PipelineError("aux_loss: backbone resnet18 has no auxiliary head; set aux_loss: false or remove it")
         _check_weights_source(self.pretrained, self.weights_sha256)

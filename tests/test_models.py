@@ -28,6 +28,7 @@ CASES = {
     "unet-bilinear": ("unet", {"width": 8}),
     "unet-transpose": ("unet", {"width": 8, "upsampling": "transpose"}),
     "deeplab-resnet18": ("deeplab", {"backbone": "resnet18"}),
+    "deeplab-resnet18-os16": ("deeplab", {"backbone": "resnet18", "output_stride": 16}),
     "deeplab-mobilenet": ("deeplab", {"backbone": "mobilenet_v3_large"}),
     "deeplab-resnet50": ("deeplab", {"backbone": "resnet50"}),
 }
@@ -91,6 +92,14 @@ def test_deeplab_resnet18_has_output_stride_8():
         assert backbone(torch.randn(1, 3, 64, 96))["out"].shape == (1, 512, 8, 12)
     dilations = {conv.dilation for block in backbone.layer4 for conv in (block.conv1, block.conv2)}
     assert dilations == {(4, 4)}
+
+
+def test_deeplab_resnet18_at_output_stride_16_dilates_layer4_only():
+    backbone = build("deeplab", backbone="resnet18", output_stride=16).backbone.eval()
+    with torch.no_grad():
+        assert backbone(torch.randn(1, 3, 64, 96))["out"].shape == (1, 512, 4, 6)
+    assert {conv.dilation for block in backbone.layer3 for conv in (block.conv1, block.conv2)} == {(1, 1)}
+    assert {conv.dilation for block in backbone.layer4 for conv in (block.conv1, block.conv2)} == {(2, 2)}
 
 
 # --- FCN: bilinear upsampling and skips -----------------------------------------------------------------

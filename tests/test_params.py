@@ -106,6 +106,9 @@ def test_unknown_model_name_lists_the_models():
     ("deeplab", {"aux_loss": "yes"}, "models.deeplab.options.aux_loss: must be true or false, got 'yes'"),
     ("deeplab", {"backbone": "resnet18", "aux_loss": True},
      "models.deeplab.options.aux_loss: backbone resnet18 has no auxiliary head"),
+    ("deeplab", {"output_stride": 16}, "models.deeplab.options.output_stride: only the resnet18 backbone takes it"),
+    ("deeplab", {"backbone": "resnet18", "output_stride": 32},
+     "models.deeplab.options.output_stride: must be one of 8, 16, got 32"),
 ])
 def test_bad_model_options_are_one_line_errors_when_params_load(model, options, message):
     with pytest.raises(PipelineError) as error:

@@ -20,6 +20,7 @@ VARIANTS = [
     ("unet", "bilinear, width 64", {"width": 64, "upsampling": "bilinear"}),
     ("unet", "transpose, width 64", {"width": 64, "upsampling": "transpose"}),
     ("deeplab", "resnet18", {"backbone": "resnet18"}),
+    ("deeplab", "resnet18, output stride 16", {"backbone": "resnet18", "output_stride": 16}),
     ("deeplab", "mobilenet_v3_large + aux", {"backbone": "mobilenet_v3_large"}),
     ("deeplab", "resnet50 + aux", {"backbone": "resnet50"}),
     ("deeplab", "resnet101 + aux", {"backbone": "resnet101"}),

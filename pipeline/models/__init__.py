@@ -41,7 +41,7 @@ def build(architecture: str, options: ModelOptions | None = None, *, num_classes
     if isinstance(options, FCNOptions):
         model = FCN_VARIANTS[options.variant](num_classes)
     elif isinstance(options, DeepLabOptions):
-        model = deeplabv3(options.backbone, num_classes, options.aux_loss)
+        model = deeplabv3(options.backbone, num_classes, options.aux_loss, options.output_stride)
     else:
         raise TypeError(f"not model options: {options!r}")
     weights.load_backbone(model.backbone, model.backbone_name, options.pretrained, options.weights_sha256, where)

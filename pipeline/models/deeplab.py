@@ -6,6 +6,9 @@ would fetch, so that `imagenet` and a local file take one path and fail with one
 
 resnet18 is the variant of the repository this project started from: ResNet-18 at output stride 8 under
 torchvision's DeepLabHead with ASPP rates 6/12/18.
+
+resnet18 also comes at output stride 16 (`output_stride: 16`), a quarter of the cost of layer3 and layer4 at 8:
+the demo's DeepLab, which learns from scratch on a CPU within minutes.
 """
 
 from __future__ import annotations
@@ -46,15 +49,17 @@ class DeepLab(nn.Module):
         return {"out": out, "aux": aux}
 
 
-def dilated_resnet18() -> ResNet:
-    """ResNet-18 at output stride 8: layer3 and layer4 keep their input resolution and dilate their 3×3
-    convolutions by 2 and 4 instead (Chen et al. §3.1), so the receptive field grows as with the strides.
+def dilated_resnet18(output_stride: int = 8) -> ResNet:
+    """ResNet-18 at output stride 8 (layer3 and layer4 keep their input resolution and dilate their 3×3
+    convolutions by 2 and 4 instead, Chen et al. §3.1, so the receptive field grows as with the strides) or 16
+    (only layer4, dilated by 2: a quarter of the cost of layer3 and layer4 at stride 8).
 
     Done by hand because torchvision's BasicBlock refuses `replace_stride_with_dilation`. Every 3×3 conv of a
     layer gets the layer's dilation; torchvision's Bottleneck version keeps the previous dilation in the first
     block of each layer, a difference that leaves the parameter shapes (and so ImageNet weights) unchanged."""
     net = resnet18()
-    for layer, dilation in ((net.layer3, 2), (net.layer4, 4)):
+    dilated = ((net.layer3, 2), (net.layer4, 4)) if output_stride == 8 else ((net.layer4, 2),)
+    for layer, dilation in dilated:
         for block in layer:
             for conv in (block.conv1, block.conv2):
                 conv.stride, conv.dilation, conv.padding = (1, 1), (dilation, dilation), (dilation, dilation)
@@ -63,9 +68,9 @@ def dilated_resnet18() -> ResNet:
     return net
 
 
-def deeplabv3(backbone: str, num_classes: int, aux_loss: bool) -> DeepLab:
+def deeplabv3(backbone: str, num_classes: int, aux_loss: bool, output_stride: int | None = None) -> DeepLab:
     if backbone == "resnet18":
-        features = IntermediateLayerGetter(dilated_resnet18(), return_layers={"layer4": "out"})
+        features = IntermediateLayerGetter(dilated_resnet18(output_stride or 8), return_layers={"layer4": "out"})
         return DeepLab(features, DeepLabHead(512, num_classes, atrous_rates=(6, 12, 18)), None, backbone)
     net = TORCHVISION[backbone](weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss)
     return DeepLab(net.backbone, net.classifier, net.aux_classifier, backbone)
