@@ -121,11 +121,12 @@ class UNetOptions:
 @dataclass(frozen=True)
 class DeepLabOptions:
     """`models.<name>.options` of a DeepLabV3. `aux_loss` defaults to on, except for resnet18, which has no head:
-    torchvision's segmentation reference trains its three DeepLabV3 models with the auxiliary loss."""
+    torchvision's segmentation reference trains its three DeepLabV3 models with the auxiliary loss.
+    `output_stride` is resnet18's alone (8 unless set); torchvision builds the others at a fixed stride."""
 
     backbone: Literal["resnet50", "resnet101", "mobilenet_v3_large", "resnet18"] = "resnet50"
     aux_loss: bool | None = None
-    output_stride: Literal[8, 16] | None = field(default=None, metadata={"doc": "resnet18 only (default 8)"})
+    output_stride: Literal[8, 16] | None = field(default=None, metadata={"doc": "resnet18 only: 8 or 16"})
     pretrained: str = field(default="none", metadata={"doc": "imagenet, none or the path of a weights file"})
     weights_sha256: str | None = None
 
@@ -135,6 +136,8 @@ class DeepLabOptions:
         if self.output_stride is not None and self.backbone != "resnet18":
             raise PipelineError(f"output_stride: only the resnet18 backbone takes it (torchvision builds "
                                 f"{self.backbone} at a fixed stride); remove it")
+        if self.backbone == "resnet18" and self.output_stride is None:
+            object.__setattr__(self, "output_stride", 8)
         if self.aux_loss and self.backbone == "resnet18":
             raise PipelineError("aux_loss: backbone resnet18 has no auxiliary head; set aux_loss: false or remove it")
         _check_weights_source(self.pretrained, self.weights_sha256)

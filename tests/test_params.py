@@ -119,6 +119,8 @@ def test_bad_model_options_are_one_line_errors_when_params_load(model, options, 
 def test_model_options_are_typed_with_their_defaults():
     config = params.parse(with_change("models.deeplab.options", {"backbone": "resnet18"}))
     assert config.model("deeplab").options == params.DeepLabOptions(backbone="resnet18", aux_loss=False)
+    assert config.model("deeplab").options.output_stride == 8
+    assert params.model_options("Deeplab", {}).output_stride is None  # resnet50: torchvision's fixed stride
     assert config.model("unet").options == params.UNetOptions(width=64, upsampling="bilinear")
     assert params.model_options("Deeplab", {}) == params.DeepLabOptions(backbone="resnet50", aux_loss=True)
     assert params.model_options("FCN", {}) == params.FCNOptions(variant="fcn32s", pretrained="none")

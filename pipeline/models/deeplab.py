@@ -49,7 +49,7 @@ class DeepLab(nn.Module):
         return {"out": out, "aux": aux}
 
 
-def dilated_resnet18(output_stride: int = 8) -> ResNet:
+def dilated_resnet18(output_stride: int) -> ResNet:
     """ResNet-18 at output stride 8 (layer3 and layer4 keep their input resolution and dilate their 3×3
     convolutions by 2 and 4 instead, Chen et al. §3.1, so the receptive field grows as with the strides) or 16
     (only layer4, dilated by 2: a quarter of the cost of layer3 and layer4 at stride 8).
@@ -70,7 +70,7 @@ def dilated_resnet18(output_stride: int = 8) -> ResNet:
 
 def deeplabv3(backbone: str, num_classes: int, aux_loss: bool, output_stride: int | None = None) -> DeepLab:
     if backbone == "resnet18":
-        features = IntermediateLayerGetter(dilated_resnet18(output_stride or 8), return_layers={"layer4": "out"})
+        features = IntermediateLayerGetter(dilated_resnet18(output_stride), return_layers={"layer4": "out"})
         return DeepLab(features, DeepLabHead(512, num_classes, atrous_rates=(6, 12, 18)), None, backbone)
     net = TORCHVISION[backbone](weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss)
     return DeepLab(net.backbone, net.classifier, net.aux_classifier, backbone)
