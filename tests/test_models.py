@@ -86,20 +86,23 @@ def test_aux_head_can_be_switched_off():
         check_output(model(torch.randn(2, 3, 64, 64)), (2, 21, 64, 64), with_aux=False)
 
 
+def conv_dilations(layer: nn.Module) -> set[tuple[int, int]]:
+    return {conv.dilation for block in layer for conv in (block.conv1, block.conv2)}
+
+
 def test_deeplab_resnet18_has_output_stride_8():
     backbone = build("deeplab", backbone="resnet18").backbone.eval()
     with torch.no_grad():
         assert backbone(torch.randn(1, 3, 64, 96))["out"].shape == (1, 512, 8, 12)
-    dilations = {conv.dilation for block in backbone.layer4 for conv in (block.conv1, block.conv2)}
-    assert dilations == {(4, 4)}
+    assert conv_dilations(backbone.layer4) == {(4, 4)}
 
 
 def test_deeplab_resnet18_at_output_stride_16_dilates_layer4_only():
     backbone = build("deeplab", backbone="resnet18", output_stride=16).backbone.eval()
     with torch.no_grad():
         assert backbone(torch.randn(1, 3, 64, 96))["out"].shape == (1, 512, 4, 6)
-    assert {conv.dilation for block in backbone.layer3 for conv in (block.conv1, block.conv2)} == {(1, 1)}
-    assert {conv.dilation for block in backbone.layer4 for conv in (block.conv1, block.conv2)} == {(2, 2)}
+    assert conv_dilations(backbone.layer3) == {(1, 1)}
+    assert conv_dilations(backbone.layer4) == {(2, 2)}
 
 
 # --- FCN: bilinear upsampling and skips -----------------------------------------------------------------

@@ -49,6 +49,10 @@ class DeepLab(nn.Module):
         return {"out": out, "aux": aux}
 
 
+# Output stride → the dilation of each ResNet-18 layer that keeps its input resolution instead of striding.
+RESNET18_DILATIONS = {8: {"layer3": 2, "layer4": 4}, 16: {"layer4": 2}}
+
+
 def dilated_resnet18(output_stride: int) -> ResNet:
     """ResNet-18 at output stride 8 (layer3 and layer4 keep their input resolution and dilate their 3×3
     convolutions by 2 and 4 instead, Chen et al. §3.1, so the receptive field grows as with the strides) or 16
@@ -58,9 +62,8 @@ def dilated_resnet18(output_stride: int) -> ResNet:
     layer gets the layer's dilation; torchvision's Bottleneck version keeps the previous dilation in the first
     block of each layer, a difference that leaves the parameter shapes (and so ImageNet weights) unchanged."""
     net = resnet18()
-    dilated = ((net.layer3, 2), (net.layer4, 4)) if output_stride == 8 else ((net.layer4, 2),)
-    for layer, dilation in dilated:
-        for block in layer:
+    for name, dilation in RESNET18_DILATIONS[output_stride].items():
+        for block in getattr(net, name):
             for conv in (block.conv1, block.conv2):
                 conv.stride, conv.dilation, conv.padding = (1, 1), (dilation, dilation), (dilation, dilation)
             if block.downsample is not None:
