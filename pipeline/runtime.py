@@ -5,10 +5,11 @@ the bench, so that no module re-derives "bf16 on CUDA" with its own rule.
 
 - bf16 autocast on CUDA only: no loss scaling needed (unlike fp16); on the CPU bf16 autocast is slower than fp32
   on most machines and would change the CPU results every test and rerun compares byte for byte.
-- channels_last on CUDA only: cuDNN's convolutions are faster in NHWC. oneDNN's are too on some models (measured on
-  2 cores: U-Net and MobileNetV3 training 1.3–1.5×, inference 1.5–2×), but NHWC changes the CPU's rounding, and
-  the demo's DeepLab, trained from scratch for 15 epochs, then lands anywhere between 0.52 and 0.60 val mIoU:
-  the CPU keeps the default format until the demo's recipe has a margin that does not depend on it.
+- channels_last wherever params ask for it (params.yaml does): cuDNN's convolutions are faster in NHWC, and so are
+  oneDNN's on the CPU (one AVX2 thread, the demo's models: training U-Net 1.12×, DeepLab R18 1.08×, FCN-32s 1.0×;
+  evaluating 96–160 px images U-Net 1.5×, FCN-32s 1.45×, DeepLab 1.0×). It changes the CPU's rounding, not its
+  determinism: reruns on one machine stay byte-identical. A demo recipe whose score moves with the rounding shows
+  it: DeepLab at lr 2e-3 fell from 0.65 to 0.52 in NHWC, seed 0; at 1.2e-3 it scores 0.60–0.67 in either format.
 - cudnn.benchmark for training: its crops all have one size, so the autotuning is paid once; never while
   evaluating (`without_autotuning`): VOC val has hundreds of image sizes, and autotuning each new one cost an H100
   417 ms an image against 30 ms without it (FCN-32s, bf16, issue #12's measurement).
@@ -101,10 +102,10 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 def resolve(device: str | torch.device = "auto", *, amp: bool = True, channels_last: bool = True,
             compile: bool = False, training: bool = False, local_rank: int = 0) -> Runtime:
     """The policy for `device` (a spec such as auto, cpu, cuda:1, or a torch.device): `amp`, `channels_last` and
-    `compile` are what params ask for, granted on CUDA only (see the module docstring)."""
+    `compile` are what params ask for; amp and compile are granted on CUDA only (see the module docstring)."""
     device = device if isinstance(device, torch.device) else resolve_device(device, local_rank)
     on_gpu = device.type == "cuda"
     if on_gpu and training:
         torch.backends.cudnn.benchmark = True
     return Runtime(device=device, autocast_dtype=torch.bfloat16 if amp and on_gpu else None,
-                   channels_last=channels_last and on_gpu, compile=compile and on_gpu)
+                   channels_last=channels_last, compile=compile and on_gpu)

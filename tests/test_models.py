@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import ResNet18_Weights, mobilenet_v3_large, resnet18
 
 from pipeline.errors import PipelineError
 from pipeline.models import build, set_batchnorm_momentum
-from pipeline.models.deeplab import DeepLab
+from pipeline.models.deeplab import TORCHVISION as TORCHVISION_DEEPLAB
+from pipeline.models.deeplab import AtrousConv2d, DeepLab
 from pipeline.models.fcn import FCN8s, FCN32s
 from pipeline.models.unet import UNet
 from pipeline.models.weights import file_sha256, hub_path
@@ -103,6 +105,57 @@ def test_deeplab_resnet18_at_output_stride_16_dilates_layer4_only():
         assert backbone(torch.randn(1, 3, 64, 96))["out"].shape == (1, 512, 4, 6)
     assert conv_dilations(backbone.layer3) == {(1, 1)}
     assert conv_dilations(backbone.layer4) == {(2, 2)}
+
+
+# --- DeepLab: atrous convolutions that skip the taps outside the map ------------------------------------------
+
+def conv_flops(conv: nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        conv(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("height,width,taps", [(6, 6, 1), (6, 20, 3), (20, 5, 3), (13, 12, 9), (30, 30, 9)],
+                         ids=["inside-neither", "rows-outside", "columns-outside", "both-reach", "large"])
+def test_atrous_conv_matches_the_full_convolution_and_skips_only_taps_outside(height, width, taps):
+    torch.manual_seed(0)
+    full = nn.Conv2d(16, 8, 3, padding=6, dilation=6, bias=True)
+    atrous = AtrousConv2d(full)
+    assert atrous.weight is full.weight and atrous.bias is full.bias
+    x = torch.randn(2, 16, height, width, requires_grad=True)
+    grad_out = torch.randn(2, 8, height, width)
+
+    expected = full(x)
+    expected.backward(grad_out)
+    expected_grads = [x.grad.clone(), full.weight.grad.clone(), full.bias.grad.clone()]
+    x.grad = full.weight.grad = full.bias.grad = None
+    got = atrous(x)
+    got.backward(grad_out)
+
+    # The skipped taps contribute exact zeros, so the two differ only in summation order.
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for grad, expected_grad in zip([x.grad, full.weight.grad, full.bias.grad], expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    assert conv_flops(atrous, x) * 9 == conv_flops(full, x) * taps
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_large", "resnet50"])
+def test_every_aspp_branch_is_atrous(backbone):
+    model = build("deeplab", backbone=backbone, aux_loss=False)
+    assert sum(isinstance(module, AtrousConv2d) for module in model.classifier.modules()) == 3
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "resnet50"])
+def test_deeplab_state_dict_is_torchvisions(backbone):
+    ours = build("deeplab", backbone=backbone, aux_loss=True)
+    theirs = TORCHVISION_DEEPLAB[backbone](weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    shapes = [{key: value.shape for key, value in net.state_dict().items()} for net in (ours, theirs)]
+    assert shapes[0] == shapes[1]
+
+
+def test_atrous_conv_refuses_a_convolution_it_cannot_stand_for():
+    with pytest.raises(ValueError, match="not an atrous 3×3 convolution"):
+        AtrousConv2d(nn.Conv2d(4, 4, 3, padding=1, dilation=2))
 
 
 # --- FCN: bilinear upsampling and skips -----------------------------------------------------------------

@@ -9,15 +9,21 @@ from pipeline.errors import PipelineError
 from pipeline.runtime import resolve
 
 
-def test_cpu_gets_full_precision_in_the_default_memory_format():
+def test_cpu_gets_full_precision_and_the_memory_format_asked_for():
     policy = resolve("cpu", amp=True, channels_last=True, compile=True)
-    assert policy.device == torch.device("cpu") and policy.autocast_dtype is None and not policy.channels_last
+    assert policy.device == torch.device("cpu") and policy.autocast_dtype is None and policy.channels_last
     assert not policy.compile  # asked for, but granted on CUDA only
     net = policy.place_model(torch.nn.Conv2d(3, 4, 3))
     batch = policy.place_input(torch.zeros(2, 3, 8, 8))
-    assert net.weight.is_contiguous() and batch.is_contiguous()
+    assert net.weight.is_contiguous(memory_format=torch.channels_last)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
     with policy.autocast():
         assert net(batch).dtype == torch.float32
+
+    plain = resolve("cpu", channels_last=False)
+    assert not plain.channels_last
+    assert plain.place_model(torch.nn.Conv2d(3, 4, 3)).weight.is_contiguous()
+    assert plain.place_input(torch.zeros(2, 3, 8, 8)).is_contiguous()
 
 
 def test_a_resolved_device_is_kept():

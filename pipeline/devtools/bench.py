@@ -229,7 +229,7 @@ def bench_loader(prepared: Path, workers: int, settings: Settings) -> dict:
 
 
 def train_config(settings: Settings, device: torch.device) -> TrainParams:
-    """TrainParams defaults (SGD, lr 0.01, momentum 0.9, scale 0.5–2, flip, bf16 autocast and channels_last on
+    """TrainParams defaults (SGD, lr 0.01, momentum 0.9, scale 0.5–2, flip, channels_last, bf16 autocast on
     CUDA) with the bench's crop and batch size."""
     return dataclasses.replace(TrainParams(), crop_size=list(settings.crop_size), batch_size=settings.batch_size,
                                device=str(device))
@@ -354,6 +354,10 @@ def _target_text(target: dict[str, float]) -> str:
 
 # --- the report ---------------------------------------------------------------------------------------------
 
+def _precision(row: dict) -> str:
+    return ("bf16 autocast" if row["amp"] else "fp32") + (", channels_last" if row["channels_last"] else "")
+
+
 def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
     """The results as one markdown table per section, each titled with the device and torch version."""
     device = results["device"]
@@ -378,7 +382,7 @@ def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
                    f"{target(f'loader/{key}/samples_per_second')} |")
     first = next(iter(results["train"].values()), None)
     if first is not None:
-        precision = "bf16 autocast, channels_last" if first["amp"] else "fp32"
+        precision = _precision(first)
         out += ["", f"**training step**: crop {first['crop_size'][0]}×{first['crop_size'][1]}, batch "
                 f"{first['batch_size']}, SGD, {precision}, pretrained none ({on})", "",
                 "| model | parameters | img/s | median step (s) | timed steps | peak memory (MB) | target img/s |",
@@ -389,7 +393,7 @@ def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
                        f"{target(f'train/{name}/images_per_second')} |")
     first = next(iter(results["evaluate"].values()), None)
     if first is not None:
-        precision = "bf16 autocast" if first["amp"] else "fp32"
+        precision = _precision(first)
         out += ["", f"**evaluation**: `predict`, one {first['size'][0]}×{first['size'][1]} image at a time, "
                 f"{precision} ({on})", "",
                 "| model | img/s | median image (s) | timed images | peak memory (MB) | target img/s | target MB |",
