@@ -116,7 +116,7 @@ def conv_flops(conv: nn.Module, x: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("height,width,taps", [(6, 6, 1), (6, 20, 3), (20, 5, 3), (13, 12, 9), (30, 30, 9)],
-                         ids=["inside-neither", "rows-outside", "columns-outside", "both-reach", "large"])
+                         ids=["both-outside", "rows-outside", "columns-outside", "both-inside", "large"])
 def test_atrous_conv_matches_the_full_convolution_and_skips_only_taps_outside(height, width, taps):
     torch.manual_seed(0)
     full = nn.Conv2d(16, 8, 3, padding=6, dilation=6, bias=True)
