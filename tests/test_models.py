@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.models import build, set_batchnorm_momentum
 from pipeline.models.deeplab import TORCHVISION as TORCHVISION_DEEPLAB
 from pipeline.models.deeplab import AtrousConv2d, DeepLab
-from pipeline.models.fcn import FCN8s, FCN32s
+from pipeline.models.fcn import BlockConvTranspose2d, FCN8s, FCN32s
 from pipeline.models.unet import UNet
 from pipeline.models.weights import file_sha256, hub_path
 
@@ -153,9 +153,13 @@ def test_deeplab_state_dict_is_torchvisions(backbone):
     assert shapes[0] == shapes[1]
 
 
-def test_atrous_conv_refuses_a_convolution_it_cannot_stand_for():
+@pytest.mark.parametrize("conv", [nn.Conv2d(4, 4, 3, padding=1, dilation=2),
+                                  nn.Conv2d(4, 4, 3, padding=2, dilation=2, padding_mode="reflect")],
+                         ids=["padded-less-than-dilated", "reflect-padded"])
+def test_atrous_conv_refuses_a_convolution_it_cannot_stand_for(conv):
+    """Only zero padding makes the skipped taps exact zeros."""
     with pytest.raises(ValueError, match="not an atrous 3×3 convolution"):
-        AtrousConv2d(nn.Conv2d(4, 4, 3, padding=1, dilation=2))
+        AtrousConv2d(conv)
 
 
 # --- FCN: bilinear upsampling and skips -----------------------------------------------------------------
@@ -176,6 +180,7 @@ def upsampling_layers() -> list[tuple[nn.ConvTranspose2d, int]]:
 
 @pytest.mark.parametrize("layer,factor", upsampling_layers(), ids=["fcn32s-x32", "fcn8s-x2a", "fcn8s-x2b", "fcn8s-x8"])
 def test_transposed_conv_starts_as_bilinear_upsampling(layer, factor):
+    assert isinstance(layer, BlockConvTranspose2d)
     assert layer.kernel_size == (2 * factor, 2 * factor) and layer.stride == (factor, factor)
     assert layer.padding == (factor // 2, factor // 2)
     expected = torch.zeros(3, 3, 2 * factor, 2 * factor)
@@ -190,6 +195,35 @@ def test_transposed_conv_starts_as_bilinear_upsampling(layer, factor):
     inner = out[..., factor:-factor, factor:-factor]
     torch.testing.assert_close(inner, torch.full_like(inner, 2.5))
 
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (4, 7)], ids=["1x1", "3x3", "4x7"])
+@pytest.mark.parametrize("factor", [2, 8, 32])
+def test_block_transposed_conv_computes_what_the_transposed_conv_computes(factor, size, channels_last):
+    """Output and every gradient equal nn.ConvTranspose2d's on the same parameters, but for rounding."""
+    torch.manual_seed(0)
+    reference = nn.ConvTranspose2d(5, 4, 2 * factor, stride=factor, padding=factor // 2)
+    block = BlockConvTranspose2d(5, 4, factor)
+    block.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 5, *size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outputs = [reference(inputs[0]), block(inputs[1])]
+    assert outputs[0].shape == outputs[1].shape == (2, 4, size[0] * factor, size[1] * factor)
+    grad = torch.randn_like(outputs[0])
+    for out in outputs:
+        out.backward(grad)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    # Gradients of the weight and bias sum up to 2 · 128 · 224 products: compared relative to their size.
+    for ours, theirs in ((inputs[1].grad, inputs[0].grad), (block.weight.grad, reference.weight.grad),
+                         (block.bias.grad, reference.bias.grad)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
+
+
+def test_block_transposed_conv_refuses_an_odd_factor():
+    with pytest.raises(ValueError, match="must be even"):
+        BlockConvTranspose2d(3, 3, 3)
 
 @pytest.mark.parametrize("skip", ["score16", "score8"])
 def test_fcn8s_uses_both_skips(skip):

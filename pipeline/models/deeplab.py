@@ -35,7 +35,8 @@ class DeepLab(nn.Module):
     with the project's forward: logits as a Tensor, and {"out", "aux"} only in training with an auxiliary
     head. Unlike torchvision's forward it skips the auxiliary head in eval mode, where nothing uses it."""
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None, backbone_name: str) -> None:
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None,
+                 backbone_name: str) -> None:
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
@@ -63,18 +64,19 @@ class AtrousConv2d(nn.Conv2d):
     30×30 map. Larger maps take the full convolution."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
-        if conv.kernel_size != (3, 3) or conv.padding != conv.dilation or conv.stride != (1, 1) or conv.groups != 1:
-            raise ValueError(f"not an atrous 3×3 convolution padded by its dilation: {conv}")
+        if (conv.kernel_size != (3, 3) or conv.padding != conv.dilation or conv.stride != (1, 1) or conv.groups != 1
+                or conv.padding_mode != "zeros"):
+            raise ValueError(f"not an atrous 3×3 convolution zero-padded by its dilation: {conv}")
         # On the meta device, so that building it draws nothing from the random generator: `conv`'s parameters
         # replace its own.
         super().__init__(conv.in_channels, conv.out_channels, 3, padding=conv.padding, dilation=conv.dilation,
-                         bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta")
+                         bias=conv.bias is not None, device="meta")
         self.weight, self.bias = conv.weight, conv.bias
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         height, width = input.shape[-2:]
         outside_rows, outside_columns = self.dilation[0] >= height, self.dilation[1] >= width
-        if not (outside_rows or outside_columns) or self.padding_mode != "zeros":
+        if not (outside_rows or outside_columns):
             return super()._conv_forward(input, weight, bias)
         if outside_rows:
             weight = weight[:, :, 1:2]

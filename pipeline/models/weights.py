@@ -77,17 +77,20 @@ def load_backbone(backbone: nn.Module, name: str, pretrained: str, sha256: str |
     else:
         source, state = pretrained, _read_local(Path(pretrained), sha256, where)
     if not isinstance(state, dict):
-        raise PipelineError(f"{where}.pretrained: {source} holds a {type(state).__name__}, not a state dict of torchvision's {name}")
+        raise PipelineError(f"{where}.pretrained: {source} holds a {type(state).__name__}, "
+                            f"not a state dict of torchvision's {name}")
     prefix, classifier = _LAYOUT.get(name, ("", "fc."))
     kept = {key.removeprefix(prefix): value for key, value in state.items() if not key.startswith(classifier)}
     try:
         missing, unexpected = backbone.load_state_dict(kept, strict=False)
     except RuntimeError as error:  # a tensor of the wrong shape: weights of another network
-        raise PipelineError(f"{where}.pretrained: {source} does not fit torchvision's {name}: {_first_line(error)}") from None
+        raise PipelineError(f"{where}.pretrained: {source} does not fit torchvision's {name}: "
+                            f"{_first_line(error)}") from None
     if missing or unexpected:
         raise PipelineError(
             f"{where}.pretrained: {source} is not a state dict of torchvision's {name}: "
-            f"{len(missing)} keys missing ({', '.join(missing[:3])}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])})"
+            f"{len(missing)} keys missing ({', '.join(missing[:3])}), "
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})"
         )
 
 
