@@ -274,7 +274,6 @@ def test_a_yaml_mistake_names_its_line_and_column(tmp_path):
         load(tmp_path / "params.yaml")
 
 
-
 def test_a_stage_runs_with_its_imports_frozen_out_of_the_collector_and_keeps_its_exit_status():
     """`run_stage` freezes what was imported before `main` (the collector would rescan it, and the shutdown
     collect it, in every stage process) and still exits with `main`'s status."""
@@ -283,6 +282,7 @@ def test_a_stage_runs_with_its_imports_frozen_out_of_the_collector_and_keeps_its
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 3, result.stderr
+
 
 def test_the_last_resort_for_an_os_error_is_one_line(tmp_path):
     missing = tmp_path / "gone" / "metrics.json"

@@ -225,6 +225,7 @@ def test_block_transposed_conv_refuses_an_odd_factor():
     with pytest.raises(ValueError, match="must be even"):
         BlockConvTranspose2d(3, 3, 3)
 
+
 @pytest.mark.parametrize("skip", ["score16", "score8"])
 def test_fcn8s_uses_both_skips(skip):
     torch.manual_seed(0)

@@ -241,7 +241,6 @@ def test_a_model_learns_on_generated_data(prepared, tmp_path, monkeypatch):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_the_fused_optimiser_steps_as_the_reference_implementation_does(name):
     """`make_optimizer` takes PyTorch's fused kernels for speed: three steps land where the per-parameter
@@ -264,6 +263,7 @@ def test_the_fused_optimiser_steps_as_the_reference_implementation_does(name):
             optimizer.step()
     for after_fused, after_reference in zip(fused_net.parameters(), reference_net.parameters()):
         torch.testing.assert_close(after_fused, after_reference, rtol=1e-5, atol=1e-6)
+
 
 def _ddp_worker(rank: int, world_size: int, port: int, prepared: str, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
