@@ -7,9 +7,10 @@ the bench, so that no module re-derives "bf16 on CUDA" with its own rule.
   on most machines and would change the CPU results every test and rerun compares byte for byte.
 - channels_last wherever params ask for it (params.yaml does): cuDNN's convolutions are faster in NHWC, and so are
   most of oneDNN's on the CPU (`make bench` side by side, 2 cores: training U-Net 1.11–1.14×, DeepLab R50 1.07×,
-  MobileNetV3 1.0×, FCN-32s 0.86×; evaluation 1.3–1.8× for every model). It changes the CPU's rounding, not its
-  determinism: reruns on one machine stay byte-identical. A demo recipe whose score moves with the rounding shows
-  it: DeepLab at lr 2e-3 fell from 0.65 to 0.52 in NHWC, seed 0; at 1.2e-3 it scores 0.60–0.67 in either format.
+  MobileNetV3 1.0×, FCN-32s 0.86×, 1.06–1.16× in a same-process A/B since its transposed convolution trains in
+  block form; evaluation 1.3–1.8× for every model). It changes the CPU's rounding, not its determinism: reruns
+  on one machine stay byte-identical. A demo recipe whose score moves with the rounding shows it: DeepLab at
+  lr 2e-3 fell from 0.65 to 0.52 in NHWC, seed 0; at 1.2e-3 it scores 0.60–0.67 in either format.
 - cudnn.benchmark for training: its crops all have one size, so the autotuning is paid once; never while
   evaluating (`without_autotuning`): VOC val has hundreds of image sizes, and autotuning each new one cost an H100
   417 ms an image against 30 ms without it (FCN-32s, bf16, issue #12's measurement).
