@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pipeline.errors import PipelineError
 from pipeline.models import weights
@@ -22,7 +23,7 @@ from pipeline.models.unet import UNet
 from pipeline.params import DeepLabOptions, FCNOptions, ModelOptions, UNetOptions, model_options
 from pipeline.voc import NUM_CLASSES
 
-__all__ = ["build", "set_batchnorm_momentum"]
+__all__ = ["build", "set_batchnorm_momentum", "zero_init_residual"]
 
 FCN_VARIANTS = {"fcn32s": FCN32s, "fcn8s": FCN8s}
 
@@ -44,8 +45,24 @@ def build(architecture: str, options: ModelOptions | None = None, *, num_classes
         model = deeplabv3(options.backbone, num_classes, options.aux_loss, options.output_stride)
     else:
         raise TypeError(f"not model options: {options!r}")
+    zero_init_residual(model)
     weights.load_backbone(model.backbone, model.backbone_name, options.pretrained, options.weights_sha256, where)
     return model
+
+
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the scale of the last BatchNorm in every ResNet block of `model`, so that each block starts as its
+    shortcut (the identity where it keeps the shape): torchvision's `zero_init_residual` (Goyal et al. 2017, §5.1),
+    applied to every network `build` makes, torchvision's DeepLab builders included, which do not pass it on.
+    Pretrained weights replace it; from scratch it is what lets a ResNet learn within the demo's minutes. Returns
+    how many blocks it set."""
+    blocks = 0
+    for module in model.modules():
+        norm = module.bn3 if isinstance(module, Bottleneck) else module.bn2 if isinstance(module, BasicBlock) else None
+        if norm is not None and norm.weight is not None:
+            nn.init.zeros_(norm.weight)
+            blocks += 1
+    return blocks
 
 
 def set_batchnorm_momentum(model: nn.Module, momentum: float) -> int:
