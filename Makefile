@@ -1,4 +1,4 @@
-# Two commands to start: `make demo` (the whole pipeline offline on generated data, CPU, 5–6 min) and
+# Two commands to start: `make demo` (the whole pipeline offline on generated data, CPU, about 4 min) and
 # `make test`. Both create .venv on first use; later runs reuse it until pyproject.toml changes.
 
 PYTHON ?= python3
