@@ -63,7 +63,7 @@ serve: $(STAMP)
 		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 # What a real run costs: the real train and evaluate stages on a generated VOC-shaped dataset (1,464 / 1,449 images
-# of VOC's sizes), one epoch of params.yaml's recipe per model; meant for a GPU (see tools/rehearse.py).
+# of VOC's sizes), two epochs of params.yaml's recipe per model; meant for a GPU (see tools/rehearse.py).
 rehearse: $(STAMP)
 	$(BIN)/python -m tools.rehearse
 

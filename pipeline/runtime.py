@@ -15,6 +15,12 @@ the bench, so that no module re-derives "bf16 on CUDA" with its own rule.
 - cudnn.benchmark for training: its crops all have one size, so the autotuning is paid once; never while
   evaluating (`without_autotuning`): VOC val has hundreds of image sizes, and autotuning each new one cost an H100
   417 ms an image against 30 ms without it (FCN-32s, bf16, issue #12's measurement).
+- On CUDA a network with depthwise convolutions (MobileNetV3) predicts in fp32 and NCHW, however it trained: in
+  channels-last cuDNN runs its depthwise convolutions and sets each new input shape up in 150–190 ms (an H200,
+  cuDNN 9.19; 2.5–3.4 ms for a dense one), while in NCHW PyTorch's own depthwise kernel needs no set-up. Over
+  VOC-shaped images of new sizes, DeepLab-MobileNetV3 took 34 ms an image that way against 301 in bf16 and
+  channels-last (5.4 ms against 9.0 once the sizes were known; bf16 in NCHW 43 and 13.6). Its training keeps
+  bf16 and channels-last, the fastest of the four for its one crop size (262 img/s; 213–230 otherwise).
 - torch.compile on CUDA only, where params ask for it (params.yaml: DeepLab R50, whose step it made 1.22× faster on
   an H100 after a 52 s first step; FCN-32s and U-Net-64 steps were 0.82× and 0.96× on an H200, so they stay eager).
   On the CPU it would cost minutes of compiling per process and change the results the tests compare byte for byte.
@@ -50,7 +56,9 @@ class Runtime:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.preserve_format
+        # contiguous rather than preserve: a network placed in channels-last once (the bench places one network under
+        # several policies) would otherwise stay so, and cuDNN runs NHWC when the weights alone are channels-last
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -102,12 +110,21 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 
 
 def resolve(device: str | torch.device = "auto", *, amp: bool = True, channels_last: bool = True,
-            compile: bool = False, training: bool = False, local_rank: int = 0) -> Runtime:
+            compile: bool = False, training: bool = False, local_rank: int = 0,
+            network: torch.nn.Module | None = None) -> Runtime:
     """The policy for `device` (a spec such as auto, cpu, cuda:1, or a torch.device): `amp`, `channels_last` and
-    `compile` are what params ask for; amp and compile are granted on CUDA only (see the module docstring)."""
+    `compile` are what params ask for; amp and compile are granted on CUDA only, and on CUDA a `network` to predict
+    with that has depthwise convolutions gets fp32 and NCHW (see the module docstring)."""
     device = device if isinstance(device, torch.device) else resolve_device(device, local_rank)
     on_gpu = device.type == "cuda"
     if on_gpu and training:
         torch.backends.cudnn.benchmark = True
+    if on_gpu and not training and network is not None and has_depthwise_convolutions(network):
+        amp = channels_last = False
     return Runtime(device=device, autocast_dtype=torch.bfloat16 if amp and on_gpu else None,
                    channels_last=channels_last, compile=compile and on_gpu)
+
+
+def has_depthwise_convolutions(network: torch.nn.Module) -> bool:
+    return any(isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+               for module in network.modules())

@@ -49,8 +49,9 @@ def encode_mask(labels: np.ndarray) -> str:
 
 def load_service_model(model_file: str | Path) -> tuple[torch.nn.Module, runtime.Runtime]:
     """The network on this machine's device (a GPU when there is one), in eval mode, and the policy to run it."""
-    policy = runtime.resolve("auto")
-    return policy.place_model(checkpoint.load_model(model_file)).eval(), policy
+    model = checkpoint.load_model(model_file)
+    policy = runtime.resolve("auto", network=model)
+    return policy.place_model(model).eval(), policy
 
 
 def segment_encoded(model: torch.nn.Module, policy: runtime.Runtime, images: list[str]) -> list[str]:

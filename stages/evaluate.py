@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load(args.params)
     key = params.model_key(args.model)
     paths = model_paths_from(args, key)
-    policy = runtime.resolve(args.device)
     model = checkpoint.load_model(paths.model_file)
+    policy = runtime.resolve(args.device, network=model)
     result = evaluate_split(policy.place_model(model), VOCPrepared(args.prepared, "val"), policy, paths.predictions,
                             flip=params.evaluate.flip, scales=params.evaluate.scales,
                             batch_size=params.evaluate.batch_size)

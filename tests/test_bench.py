@@ -117,16 +117,19 @@ def test_the_torchvision_alternative_yields_what_the_project_trains_on(tmp_path)
 
 
 def test_the_evaluation_comparison_gives_each_path_sizes_it_has_not_met():
-    """The CUDA evaluation comparison, run on the CPU at toy scale so that it cannot rot: three families of
-    VOC-like sizes with no size in common (each path meets new shapes), cold and warm timings of every path."""
-    from pipeline.devtools.comparisons import compare_evaluate, voc_like_sizes
+    """The CUDA evaluation comparison, run on the CPU at toy scale so that it cannot rot: families of VOC-like sizes
+    with no size in common (each path meets new shapes), cold and warm timings of every path and policy."""
+    from itertools import combinations
 
-    families = [set(voc_like_sizes(60, seed=0, family=family)) for family in range(3)]
-    assert not (families[0] & families[1] or families[1] & families[2] or families[0] & families[2])
+    from pipeline.devtools.comparisons import FAMILIES, compare_evaluate, voc_like_sizes
+
+    families = [set(voc_like_sizes(60, seed=0, family=family)) for family in range(FAMILIES)]
+    assert all(not (first & second) for first, second in combinations(families, 2))
     for sizes in families:
         assert all(500 in size and 281 <= min(size) <= 500 for size in sizes)
     row = compare_evaluate("unet", {"width": 4}, images=3, device=torch.device("cpu"), batch_size=2)
     assert {"project_cold_ms_per_image", "autotuned_cold_ms_per_image", "batched_cold_ms_per_image",
             "project_warm_ms_per_image", "batched_warm_ms_per_image"} <= set(row)
+    assert row["policy"] == "fp32+channels_last" and set(row["policies"]) == {row["policy"]}  # the CPU's only one
     assert row["ratio"] == pytest.approx(row["autotuned_cold_ms_per_image"] / row["project_cold_ms_per_image"])
     assert isinstance(row["differing_pixels"], int) and row["differing_pixels"] >= 0  # its size is the GPU's finding

@@ -40,6 +40,8 @@ def test_the_full_run_estimate_counts_epochs_validations_and_the_final_evaluatio
     assert estimate["validations"] == validations
     expected = 30 * rehearsal.TRAINAUG / 100.0 + (validations + 1) * rehearsal.VOC_VAL / 50.0
     assert estimate["hours"] == pytest.approx(expected / 3600)
+    with_compiling = rehearsal.estimate_full_run({"epochs": 30, "val_every": 4}, 100.0, 50.0, one_off_s=60.0)
+    assert with_compiling["hours"] == pytest.approx((expected + 60.0) / 3600)
 
 
 @pytest.mark.slow
@@ -54,6 +56,8 @@ def test_rehearse_runs_the_real_stages_on_voc_shaped_data(tmp_path, capsys):
     row = results["models"]["unet"]
     assert row["device"] == "cpu" and row["train_images_per_second"] > 0 and row["evaluate_images_per_second"] > 0
     assert row["seconds_per_epoch"] == pytest.approx(8 / row["train_images_per_second"])
+    # two epochs by default: the first one's extra time is the one-off cost, the last one's pace the estimate's
+    assert row["one_off_seconds"] == pytest.approx(max(0.0, row["first_epoch_seconds"] - row["seconds_per_epoch"]))
     assert row["train_peak_memory_mb"] > 0 and row["evaluate_peak_memory_mb"] > 0
     assert row["full_run_estimate"]["epochs"] == 30 and row["full_run_estimate"]["validations"] == 6
     assert "| unet | cpu |" in capsys.readouterr().out
@@ -62,5 +66,5 @@ def test_rehearse_runs_the_real_stages_on_voc_shaped_data(tmp_path, capsys):
     for split, count in (("train", 8), ("val", 6)):  # VOC's shape: 64 px on the long side, 40–64 on the short
         sizes = VOCPrepared(work / "data/prepared", split).sizes
         assert len(sizes) == count and all(max(size) == 64 and 40 <= min(size) <= 64 for size in sizes)
-    assert json.loads((work / "metrics/train/unet.json").read_text())["epochs"] == 1
+    assert json.loads((work / "metrics/train/unet.json").read_text())["epochs"] == 2
     assert not (work / "mlflow.db").exists() and not (work / "mlruns").exists()  # tracking was off

@@ -43,6 +43,35 @@ def test_cuda_gets_bf16_autocast_and_channels_last():
     assert resolve("cuda", amp=False).autocast_dtype is None
 
 
+def test_a_placed_network_takes_the_memory_format_of_its_policy_whatever_it_had():
+    """The bench places one network under several policies: NCHW after channels-last must be NCHW again (cuDNN
+    runs channels-last when the weights alone are)."""
+    net = resolve("cpu", channels_last=True).place_model(torch.nn.Conv2d(3, 4, 3))
+    assert not resolve("cpu", channels_last=False).place_model(net).weight.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def test_on_cuda_a_network_with_depthwise_convolutions_predicts_in_fp32_and_nchw(monkeypatch):
+    """cuDNN sets up each new input shape of a channels-last depthwise convolution in ~0.15 s, and VOC val has
+    hundreds of sizes; PyTorch's own NCHW depthwise kernel needs no set-up. Training (one crop size) and every
+    other network keep what params ask for. A torch.device is taken as is, so no GPU is needed to check this."""
+    from pipeline.models import build
+    from pipeline.runtime import has_depthwise_convolutions
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve(training=True) turns it on
+    cuda = torch.device("cuda")
+    mobilenet = build("deeplab", backbone="mobilenet_v3_large", aux_loss=False, pretrained="none")
+    resnet = build("deeplab", backbone="resnet18", pretrained="none")
+    assert has_depthwise_convolutions(mobilenet)
+    assert not any(has_depthwise_convolutions(net) for net in (resnet, build("fcn", pretrained="none"),
+                                                               build("unet", width=8)))
+    predicting = resolve(cuda, network=mobilenet)
+    assert predicting.autocast_dtype is None and not predicting.channels_last
+    for policy in (resolve(cuda, network=resnet), resolve(cuda, network=mobilenet, training=True), resolve(cuda)):
+        assert policy.autocast_dtype == torch.bfloat16 and policy.channels_last
+    assert resolve("cpu", network=mobilenet).channels_last  # the CPU's choice is params', as before
+
+
 def test_evaluation_never_autotunes_and_training_keeps_its_setting(monkeypatch):
     """Validation inside a training process must not autotune each of VOC's image sizes; afterwards training's
     cudnn.benchmark is back as it was."""

@@ -7,7 +7,8 @@ a regression.
 Not a DVC stage: timings differ between machines and runs. Prints one markdown table per section, writes every
 number to `--out` (the ratios under `comparisons`), and exits 2 when a measurement misses its target in
 `pipeline.devtools.bench.TARGETS` (one line each). About 2 minutes on an idle 2-core CPU; other processes using the
-CPU slow it down and fail targets.
+CPU slow it down and fail targets. On a GPU roughly 10 minutes (an estimate from its parts: the evaluation
+comparison alone meets ~150 new image sizes per model, some with autotuning, and three models are compiled).
 """
 
 from __future__ import annotations

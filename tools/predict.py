@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    policy = runtime.resolve(args.device)
+    device = runtime.resolve_device(args.device)  # a device that is not there fails before any download
     paths = expand(args.images)
     if args.model_uri:
         with tempfile.TemporaryDirectory() as downloaded:
@@ -40,6 +40,7 @@ def main() -> int:
     else:
         key = load(args.params).model_key(args.model)
         model = checkpoint.load_model(model_paths_from(args, key).model_file)
+    policy = runtime.resolve(device, network=model)
     failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy)
     print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")
     if failures:

@@ -1,6 +1,6 @@
 """`make rehearse`: the real train and evaluate stages on a generated VOC-shaped dataset; what a real run costs.
 
-    python -m tools.rehearse [--models fcn unet deeplab] [--epochs 1] [--device auto] [--out rehearsal/results.json]
+    python -m tools.rehearse [--models fcn unet deeplab] [--epochs 2] [--device auto] [--out rehearsal/results.json]
 
 1,464 train / 1,449 val images of VOC's sizes by default; about 3 GB of disk for the workdir, deleted afterwards
 unless --workdir is given. Prints a markdown table and writes every number to --out. Meant for a GPU: on a CPU
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="the recipe to rehearse")
     parser.add_argument("--models", nargs="+", help="keys of `models` (default: all)")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2, help="the first pays the one-off costs, the last "
+                        "gives the pace (see pipeline/devtools/rehearsal.py)")
     parser.add_argument("--train", type=int, default=rehearsal.VOC_TRAIN)
     parser.add_argument("--val", type=int, default=rehearsal.VOC_VAL)
     parser.add_argument("--sizes", type=int, nargs=2, default=rehearsal.VOC_SIZES, metavar=("SHORT_MIN", "LONG"))

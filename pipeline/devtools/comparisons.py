@@ -7,9 +7,10 @@ the same run on the same data, each reduced to one ratio (project over alternati
   train      the training loop's step (`train_step` under the runtime policy) vs a plain fp32 eager step in the style
              of torchvision's reference (batch already on the device, SGD, cross-entropy with the aux head at 0.5)
   confusion  the project's bincount confusion matrix vs torchmetrics' MulticlassConfusionMatrix, same predictions
-  evaluate   (CUDA) the evaluate stage's images of many sizes, one at a time without autotuning, vs the same with
-             cudnn.benchmark on, as evaluation ran before; and the opt-in same-size batches vs one at a time, with
-             the pixels whose prediction the batch changes
+  evaluate   (CUDA) images of many sizes through the evaluate stage's path (one at a time, no autotuning, its
+             policy for the network) vs the landed path (bf16, channels-last, cudnn.benchmark on); the opt-in
+             same-size batches vs one at a time, with the pixels whose prediction the batch changes; and each
+             precision × memory format, to choose them per network
   compile    (CUDA, `Settings.compile_variants`) the step compiled by torch.compile vs eager, with the first
              step's seconds and the steps it takes to break even
 
@@ -248,30 +249,47 @@ def compare_confusion(size: tuple[int, int], images: int, device: torch.device, 
             "ratio": torchmetrics / project}
 
 
+# Size families of `voc_like_sizes`: one per path of the evaluation comparison (the landed path, the batches, and
+# each precision × memory format), so that every path meets shapes none of the others has set up.
+FAMILIES = 6
+
+# Each precision × memory format on CUDA: (bf16 autocast, channels-last).
+POLICIES = {"bf16+channels_last": (True, True), "bf16+nchw": (True, False), "fp32+channels_last": (False, True),
+            "fp32+nchw": (False, False)}
+
+
+def policy_name(policy: runtime.Runtime) -> str:
+    return (f"{'bf16' if policy.autocast_dtype is not None else 'fp32'}+"
+            f"{'channels_last' if policy.channels_last else 'nchw'}")
+
+
 def voc_like_sizes(images: int, seed: int = 0, family: int = 0) -> list[tuple[int, int]]:
     """(height, width) pairs shaped like VOC's: 500 px on the long side, 281–500 on the short, mostly landscape.
     Half are one typical size (VOC's is 500×375 / 375×500), the rest drawn anew: an assumption, as VOC's own
-    histogram is not at hand. Families 0, 1, 2 share no size (every short side ≡ family mod 3, the typical one
-    375 + family), so that each path of a comparison meets as many new shapes as the others."""
+    histogram is not at hand. The `FAMILIES` families share no size (every short side ≡ family mod FAMILIES, the
+    typical one 375 + family), so that each path of a comparison meets as many new shapes as the others."""
     generator = torch.Generator().manual_seed(seed)
     sizes = []
     for _ in range(images):
         landscape = float(torch.rand((), generator=generator)) < 0.7
         typical = float(torch.rand((), generator=generator)) < 0.5
         drawn = int(torch.randint(283, 501, (), generator=generator))
-        short = 375 + family if typical else drawn - (drawn - family) % 3
+        short = 375 + family if typical else drawn - (drawn - family) % FAMILIES
         sizes.append((short, 500) if landscape else (500, short))
     return sizes
 
 
 def compare_evaluate(architecture: str, options: dict, images: int, device: torch.device, seed: int = 0,
-                     batch_size: int = 8) -> dict:
-    """(CUDA) `evaluation.evaluate` as the evaluate stage runs it (one image at a time, no autotuning) against one
-    image at a time with cudnn.benchmark on (autotuning every new shape, as evaluation first ran), and the opt-in
-    same-size batches (`evaluate.batch_size`). Each path first meets sizes it has not seen ("cold", as a fresh
-    evaluate process does; each on its own family of sizes), then the same images again ("warm").
-    `differing_pixels` counts the batched predictions that are not what the image gets alone."""
+                     batch_size: int = 8, policy: runtime.Runtime | None = None) -> dict:
+    """(CUDA) `evaluation.evaluate` as the evaluate stage runs it (one image at a time, no autotuning, under
+    `policy`, by default the stage's) against the landed path: one image at a time under bf16 autocast and
+    channels-last with cudnn.benchmark on (autotuning every new shape, as evaluation first ran); the opt-in
+    same-size batches (`evaluate.batch_size`); and, on CUDA, every precision × memory format (`policies`). Each
+    path first meets sizes it has not seen ("cold", as a fresh evaluate process does; each on its own family of
+    sizes), then the same images again ("warm"). `differing_pixels` counts the batched predictions that are not
+    what the image gets alone."""
     from pipeline.evaluation import evaluate
+    from pipeline.inference import predict
 
     def dataset(family: int) -> list:
         generator = torch.Generator().manual_seed(seed)
@@ -279,40 +297,54 @@ def compare_evaluate(architecture: str, options: dict, images: int, device: torc
                  torch.randint(0, NUM_CLASSES, (h, w), dtype=torch.uint8, generator=generator))
                 for h, w in voc_like_sizes(images, seed, family)]
 
-    policy = runtime.resolve(device)
     torch.manual_seed(seed)
-    net = policy.place_model(build(architecture, **options)).eval()
-    evaluate(net, [(image[:, :64, :64], label[:64, :64]) for image, label in dataset(0)[:2]], policy)  # CUDA context
+    net = build(architecture, **options).eval()
+    policy = policy or runtime.resolve(device, network=net)
+    landed = runtime.resolve(device, amp=True, channels_last=True)
+    warm_up = [(image[:, :64, :64], label[:64, :64]) for image, label in dataset(0)[:2]]
+    evaluate(policy.place_model(net), warm_up, policy)  # the CUDA context and the library handles
 
-    def timed(data: list, batch: int = 1, autotune: bool = False) -> tuple[float, dict]:
+    def timed(data: list, under: runtime.Runtime, batch: int = 1, autotune: bool = False) -> tuple[float, dict]:
+        model = under.place_model(net)
         predictions: dict[int, torch.Tensor] = {}
         previous = torch.backends.cudnn.benchmark
         started = time.perf_counter()
         if autotune:  # evaluate() turns autotuning off; the path it replaced called predict() with it on
-            from pipeline.inference import predict
-
             torch.backends.cudnn.benchmark = True
             try:
                 for index, (image, _label) in enumerate(data):
-                    predictions[index] = predict(net, image.to(device), policy)
+                    predictions[index] = predict(model, image.to(device), under)
             finally:
                 torch.backends.cudnn.benchmark = previous
         else:
-            evaluate(net, data, policy, batch_size=batch,
+            evaluate(model, data, under, batch_size=batch,
                      on_prediction=lambda index, prediction, _label: predictions.__setitem__(index, prediction))
-        policy.synchronize()
+        under.synchronize()
         return (time.perf_counter() - started) / len(data), predictions
 
-    alone_data, autotuned_data, batched_data = dataset(0), dataset(1), dataset(2)
-    seconds = {"project_cold": timed(alone_data)[0], "autotuned_cold": timed(autotuned_data, autotune=True)[0],
-               "batched_cold": timed(batched_data, batch_size)[0], "project_warm": timed(alone_data)[0]}
-    seconds["batched_warm"], batched = timed(batched_data, batch_size)
-    _, alone = timed(batched_data)
+    landed_data, batched_data = dataset(0), dataset(1)
+    seconds = {"autotuned_cold": timed(landed_data, landed, autotune=True)[0]}
+    candidates = ({name: runtime.resolve(device, amp=amp, channels_last=nhwc) for name, (amp, nhwc) in POLICIES.items()}
+                  if device.type == "cuda" else {policy_name(policy): policy})
+    candidates[policy_name(policy)] = policy
+    by_policy = {}
+    for family, (name, under) in enumerate(candidates.items(), start=2):
+        data = dataset(family)
+        by_policy[name] = {"cold_ms_per_image": timed(data, under)[0] * 1000,
+                           "warm_ms_per_image": timed(data, under)[0] * 1000}
+    project = by_policy[policy_name(policy)]
+    seconds["batched_cold"] = timed(batched_data, policy, batch_size)[0]
+    seconds["batched_warm"], batched = timed(batched_data, policy, batch_size)
+    _, alone = timed(batched_data, policy)
     differing = sum(int((batched[index] != prediction).sum()) for index, prediction in alone.items())
+    policy.place_model(net)
     return {"images": images, "distinct_sizes": len(set(voc_like_sizes(images, seed))), "batch_size": batch_size,
+            "policy": policy_name(policy), "project_cold_ms_per_image": project["cold_ms_per_image"],
+            "project_warm_ms_per_image": project["warm_ms_per_image"],
             **{f"{name}_ms_per_image": value * 1000 for name, value in seconds.items()},
-            "differing_pixels": differing, "ratio": seconds["autotuned_cold"] / seconds["project_cold"],
-            "batched_over_one_at_a_time": seconds["project_warm"] / seconds["batched_warm"]}
+            "policies": by_policy, "differing_pixels": differing,
+            "ratio": seconds["autotuned_cold"] * 1000 / project["cold_ms_per_image"],
+            "batched_over_one_at_a_time": project["warm_ms_per_image"] / (seconds["batched_warm"] * 1000)}
 
 
 def run(voc_root: Path, prepared: Path, samples: list, settings, device: torch.device) -> tuple[dict, dict]:
