@@ -337,7 +337,6 @@ def compare_evaluate(architecture: str, options: dict, images: int, device: torc
     seconds["batched_warm"], batched = timed(batched_data, policy, batch_size)
     _, alone = timed(batched_data, policy)
     differing = sum(int((batched[index] != prediction).sum()) for index, prediction in alone.items())
-    policy.place_model(net)
     return {"images": images, "distinct_sizes": len(set(voc_like_sizes(images, seed))), "batch_size": batch_size,
             "policy": policy_name(policy), "project_cold_ms_per_image": project["cold_ms_per_image"],
             "project_warm_ms_per_image": project["warm_ms_per_image"],
