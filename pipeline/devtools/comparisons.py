@@ -46,6 +46,15 @@ log = logging.getLogger(__name__)
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets, for model FLOP utilisation.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "L40S": 362.0}
 
+# Each precision × memory format on CUDA: (bf16 autocast, channels-last).
+POLICIES = {"bf16+channels_last": (True, True), "bf16+nchw": (True, False), "fp32+channels_last": (False, True),
+            "fp32+nchw": (False, False)}
+
+
+def policy_name(policy: runtime.Runtime) -> str:
+    return (f"{'bf16' if policy.autocast_dtype is not None else 'fp32'}+"
+            f"{'channels_last' if policy.channels_last else 'nchw'}")
+
 
 def _passes(make_iterator: Callable[[], Any], budget_s: float) -> tuple[int, float]:
     """Samples per second over whole passes (at least 2) after one untimed pass (workers started, caches warm)."""
@@ -165,11 +174,11 @@ def compare_train_step(samples: list, architecture: str, options: dict, recipe: 
     if device.type == "cuda":
         row.update(flop_utilisation(plain_net, images, labels, plain_optimizer, len(batch) / project, device))
         row["policies"] = {
-            f"{'bf16' if amp else 'fp32'}+{'channels_last' if nhwc else 'nchw'}": len(batch) / _median_time(
+            name: len(batch) / _median_time(
                 _project_step(batch, architecture, options, recipe,
                               runtime.resolve(device, amp=amp, channels_last=nhwc, training=True), seed),
                 warmup, steps)
-            for amp in (True, False) for nhwc in (True, False)}
+            for name, (amp, nhwc) in POLICIES.items()}
     return row
 
 
@@ -252,16 +261,6 @@ def compare_confusion(size: tuple[int, int], images: int, device: torch.device, 
 # Size families of `voc_like_sizes`: one per path of the evaluation comparison (the landed path, the batches, and
 # each precision × memory format), so that every path meets shapes none of the others has set up.
 FAMILIES = 6
-
-# Each precision × memory format on CUDA: (bf16 autocast, channels-last).
-POLICIES = {"bf16+channels_last": (True, True), "bf16+nchw": (True, False), "fp32+channels_last": (False, True),
-            "fp32+nchw": (False, False)}
-
-
-def policy_name(policy: runtime.Runtime) -> str:
-    return (f"{'bf16' if policy.autocast_dtype is not None else 'fp32'}+"
-            f"{'channels_last' if policy.channels_last else 'nchw'}")
-
 
 def voc_like_sizes(images: int, seed: int = 0, family: int = 0) -> list[tuple[int, int]]:
     """(height, width) pairs shaped like VOC's: 500 px on the long side, 281–500 on the short, mostly landscape.
