@@ -31,8 +31,9 @@ demo: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
+# Prints the link to the runs compared by val mIoU, then serves the local store (mlflow.db) on 127.0.0.1:5000.
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+	$(BIN)/python -m tools.ui --host 127.0.0.1 --port 5000
 
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench

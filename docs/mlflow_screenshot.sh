@@ -15,7 +15,7 @@ client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
 experiment = client.get_experiment_by_name("voc-segmentation")
 newest = {}
 for run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"]):
-    newest.setdefault(run.info.run_name, run.info.run_id)
+    newest.setdefault(run.data.tags.get("model"), run.info.run_id)
 print(f"runs={urllib.parse.quote(json.dumps(list(newest.values())))}&experiments={urllib.parse.quote(json.dumps([experiment.experiment_id]))}")
 PY
 )

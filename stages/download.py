@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.cli import run_stage
-from pipeline.download import fetch
-from pipeline.params import load
+from pipeline.core import layout
+from pipeline.core.cli import run_stage
+from pipeline.core.params import load
+from pipeline.ingest.download import fetch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

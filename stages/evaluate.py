@@ -1,5 +1,5 @@
 """DVC stage `evaluate@<model>`: full-resolution val inference → metrics, per-class and confusion tables,
-and the VOC-format palette PNG of every prediction.
+and the VOC-format palette PNG of every prediction; in MLflow, the scores and the served model, registered.
 
     python -m stages.evaluate --model deeplab [--device cuda:0]
 """
@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import checkpoint, layout, runtime
-from pipeline.atomic import write_json, write_text
-from pipeline.cli import add_model_path_options, model_paths_from, run_stage
-from pipeline.data import VOCPrepared
-from pipeline.evaluation import evaluate_split, log_evaluation
-from pipeline.params import load
-from pipeline.registry import CHAMPION, registered_name, version_tags
-from pipeline.tables import csv_text
-from pipeline.tracking import provenance_tags, resume_training_run
+from pipeline.core import layout, runtime
+from pipeline.core.atomic import write_json, write_text
+from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
+from pipeline.core.params import load
+from pipeline.core.tables import csv_text
+from pipeline.evaluation.evaluate import evaluate_split, log_evaluation
+from pipeline.models.saved import load_model
+from pipeline.prepared.dataset import VOCPrepared
+from pipeline.serving.package import save_served_model
+from pipeline.tracking.registry import CHAMPION, registered_name, version_tags
+from pipeline.tracking.runs import provenance_tags, resume_training_run
 
 PATHS = ("model_file", "run_file", "predictions", "metrics", "per_class", "confusion", "speed")
 
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load(args.params)
     key = params.model_key(args.model)
     paths = model_paths_from(args, key)
-    model = checkpoint.load_model(paths.model_file)
+    model = load_model(paths.model_file)
     policy = runtime.resolve(args.device, network=model)
     result = evaluate_split(policy.place_model(model), VOCPrepared(args.prepared, "val"), policy, paths.predictions,
                             flip=params.evaluate.flip, scales=params.evaluate.scales,
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text(paths.confusion, csv_text(result.confusion, ("truth", "prediction", "pixels")))
     tracker = resume_training_run(paths.run_file, params.tracking.experiment, key)
     log_evaluation(tracker, result)
+    tracker.log_model(paths.model_file, save_served_model)  # the version registered below serves this model.pt
     version = tracker.register_model(registered_name(key),
                                      version_tags(result.metrics["miou"], provenance_tags(str(args.prepared))))
     tracker.close()

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.archive import extract_segmentation
-from pipeline.cli import run_stage
+from pipeline.core import layout
+from pipeline.core.cli import run_stage
+from pipeline.ingest.archive import extract_segmentation
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,11 +10,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.atomic import write_json
-from pipeline.cli import run_stage
-from pipeline.data import prepare
-from pipeline.params import load
+from pipeline.core import layout
+from pipeline.core.atomic import write_json
+from pipeline.core.cli import run_stage
+from pipeline.core.params import load
+from pipeline.ingest.prepare import prepare
 
 log = logging.getLogger("stages.prepare")
 

@@ -1,4 +1,5 @@
-"""DVC stages `render@<model>` (panels of chosen and worst val images) and `compare` (every model side by side).
+"""DVC stages `render@<model>` (panels of chosen and worst val images, the training curves and the confusion matrix)
+and `compare` (every model side by side).
 
     python -m stages.render --model fcn
     python -m stages.render --compare
@@ -9,14 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.cli import add_model_path_options, model_paths_from, run_stage
-from pipeline.data import VOCPrepared
-from pipeline.params import load
-from pipeline.render import render_comparison, render_model
-from pipeline.tracking import resume_training_run
+from pipeline.core import layout
+from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
+from pipeline.core.params import load
+from pipeline.prepared.dataset import VOCPrepared
+from pipeline.reporting.render import model_figures, render_comparison, render_model
+from pipeline.tracking.runs import resume_training_run
 
-PATHS = ("run_file", "predictions", "renders")
+PATHS = ("run_file", "predictions", "history", "confusion", "renders")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     key = params.model_key(args.model)
     paths = model_paths_from(args, key)
-    chosen = render_model(key, val, paths.predictions, paths.renders, params.render.ids, params.render.worst_k)
+    chosen = render_model(key, val, paths.predictions, paths.renders, params.render.ids, params.render.worst_k,
+                          figures=model_figures(paths.history, paths.confusion))
     tracker = resume_training_run(paths.run_file, params.tracking.experiment, key)
     tracker.log_artifacts(paths.renders, "renders")
     tracker.close()

@@ -15,12 +15,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.archive import extract_sbd
-from pipeline.atomic import atomic_dir
-from pipeline.cli import run_stage
-from pipeline.download import fetch
-from pipeline.params import load
+from pipeline.core import layout
+from pipeline.core.atomic import atomic_dir
+from pipeline.core.cli import run_stage
+from pipeline.core.params import load
+from pipeline.ingest.archive import extract_sbd
+from pipeline.ingest.download import fetch
 
 log = logging.getLogger("stages.sbd")
 
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("prepare.train_set is %s: SBD is not needed, %s left empty", params.prepare.train_set, args.out)
         return
     sbd = params.sbd
-    fetch(sbd.urls, args.tgz, md5=sbd.md5, size=sbd.size, timeout_s=sbd.timeout_s, retries=sbd.retries)
+    fetch(sbd.urls, args.tgz, md5=sbd.md5, size=sbd.size, timeout_s=sbd.timeout_s, retries=sbd.retries,
+          urls_key="sbd.urls", otherwise=", or set prepare.train_set: train to train on VOC alone, without SBD")
     extract_sbd(args.tgz, args.out)
 
 

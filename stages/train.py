@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import checkpoint, distributed, layout
-from pipeline.atomic import write_json, write_text
-from pipeline.cli import add_model_path_options, model_paths_from, run_stage
-from pipeline.params import load
-from pipeline.tables import csv_text
-from pipeline.tracking import tracking_uri
-from pipeline.train import train_model
+from pipeline.core import layout
+from pipeline.core.atomic import write_json, write_text
+from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
+from pipeline.core.params import load
+from pipeline.core.tables import csv_text
+from pipeline.tracking.runs import tracking_uri
+from pipeline.training import checkpoint, distributed
+from pipeline.training.loop import train_model
 
 HISTORY_COLUMNS = ("epoch", "loss", "lr", "val_miou", "images_per_second")
 PATHS = ("model_file", "run_file", "checkpoints", "history", "summary")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.archive import extract_sbd
-from pipeline.devtools.synthetic import write_sbd_tgz, write_voc_tar
+from devtools.synthetic import write_sbd_tgz, write_voc_tar
+from pipeline.ingest.archive import extract_sbd
 
 # Small enough to build in about a second, large enough (≥ 7 images a split) that every class is in both splits.
 SYNTHETIC = {"seed": 0, "n_train": 24, "n_val": 16, "min_size": 40, "max_size": 120}

@@ -1,4 +1,4 @@
-"""pipeline.archive.extract_segmentation on small tars with the VOC layout, honest and hostile."""
+"""pipeline.ingest.archive.extract_segmentation on small tars with the VOC layout, honest and hostile."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.archive import extract_segmentation
-from pipeline.errors import PipelineError
-from pipeline.voc import flat_palette
+from pipeline.core.errors import PipelineError
+from pipeline.core.labels import flat_palette
+from pipeline.ingest.archive import extract_segmentation
 
 ROOT = "VOCdevkit/VOC2012"
 TRAIN, VAL = ["2007_000032", "2007_000039"], ["2007_000033"]

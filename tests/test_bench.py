@@ -1,4 +1,4 @@
-"""pipeline.devtools.bench at toy sizes: the structure of its results, the target check, and the stage's exit status.
+"""devtools.bench at toy sizes: the structure of its results, the target check, and the stage's exit status.
 Timings themselves are not checked: they depend on the machine."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from pipeline.data import VOCPrepared
-from pipeline.devtools import bench
+from devtools import bench
+from pipeline.prepared.dataset import VOCPrepared
 
 TINY = bench.Settings(images=6, image_size=(40, 56), loader_workers=(0, 2), loader_budget_s=0.0, crop_size=(32, 32),
                       batch_size=2, warmup_steps=1, min_steps=1, max_steps=1, budget_s=0.0, eval_size=(40, 48),
@@ -95,10 +95,10 @@ def test_comparisons_are_ratios_of_measurements_taken_side_by_side(results):
 def test_the_torchvision_alternative_yields_what_the_project_trains_on(tmp_path):
     """The alternative is a fair one: every train sample, cropped to the same size, a normalised float image and
     an int64 label of class ids and void (255) like the project's batches."""
-    from pipeline.augment import train_batch
-    from pipeline.data import prepare
-    from pipeline.devtools.comparisons import torchvision_dataset, torchvision_loader
-    from pipeline.params import TrainParams
+    from devtools.comparisons import torchvision_dataset, torchvision_loader
+    from pipeline.core.params import TrainParams
+    from pipeline.ingest.prepare import prepare
+    from pipeline.training.augment import train_batch
 
     voc_root = bench.generated_voc(tmp_path, TINY)
     recipe = TrainParams(crop_size=[32, 40], batch_size=2)
@@ -121,7 +121,7 @@ def test_the_evaluation_comparison_gives_each_path_sizes_it_has_not_met():
     with no size in common (each path meets new shapes), cold and warm timings of every path and policy."""
     from itertools import combinations
 
-    from pipeline.devtools.comparisons import FAMILIES, compare_evaluate, voc_like_sizes
+    from devtools.comparisons import FAMILIES, compare_evaluate, voc_like_sizes
 
     families = [set(voc_like_sizes(60, seed=0, family=family)) for family in range(FAMILIES)]
     assert all(not (first & second) for first, second in combinations(families, 2))

@@ -1,4 +1,4 @@
-"""pipeline.download.fetch against a loopback HTTP server whose misbehaviour each test picks by URL path."""
+"""pipeline.ingest.download.fetch against a loopback HTTP server whose misbehaviour each test picks by URL path."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import threading
 
 import pytest
 
-from pipeline import download
-from pipeline.download import fetch
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.ingest import download
+from pipeline.ingest.download import fetch
 
 DATA = random.Random(0).randbytes(3 * 1024 * 1024 + 123)  # not a multiple of the chunk size
 MD5 = hashlib.md5(DATA).hexdigest()
@@ -231,7 +231,7 @@ def test_wrong_file_already_present_is_replaced(server, tmp_path):
 def test_progress_without_terminal_logs_lines(server, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     monkeypatch.setattr(download, "CHUNK", 64 * 1024)  # 49 chunks, so ~10 % steps are visible
-    caplog.set_level(logging.INFO, logger="pipeline.download")
+    caplog.set_level(logging.INFO, logger="pipeline.ingest.download")
     get([server.url("ok")], tmp_path / "voc.tar", progress=True)
     percents = [record.getMessage() for record in caplog.records if "%)" in record.getMessage()]
     assert 5 <= len(percents) <= 11

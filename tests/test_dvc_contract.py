@@ -1,6 +1,6 @@
 """dvc.yaml and the code cannot disagree: every stage depends on exactly the project modules it runs (derived from
 its imports, lazy ones included), and passes its stage script exactly the paths it declares as inputs and outputs,
-which are the defaults of pipeline/layout.py."""
+which are the defaults of pipeline/core/layout.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import layout
+from pipeline.core import layout
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
@@ -126,4 +126,4 @@ def test_paths_passed_are_the_declared_inputs_and_outputs_and_the_layout_default
     if "--model" in selector:
         model_paths = vars(layout.model_paths(argv[argv.index("--model") + 1]))
         defaults = {k: model_paths.get(k, v) if v is None else v for k, v in defaults.items()}
-    assert given == defaults, f"{name}: dvc.yaml's paths differ from pipeline/layout.py's"
+    assert given == defaults, f"{name}: dvc.yaml's paths differ from pipeline/core/layout.py's"

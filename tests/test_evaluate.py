@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from pipeline.evaluation import confusion_rows, evaluate, per_class_rows, report, same_size_batches
-from pipeline.inference import predict, predict_batch
-from pipeline.metrics import scores_from_confusion
-from pipeline.runtime import resolve
-from pipeline.voc import CLASSES
+from pipeline.core.labels import CLASSES
+from pipeline.core.runtime import resolve
+from pipeline.evaluation.evaluate import confusion_rows, evaluate, per_class_rows, report, same_size_batches
+from pipeline.evaluation.metrics import scores_from_confusion
+from pipeline.evaluation.predict import predict, predict_batch
 
 CPU = resolve("cpu")
 

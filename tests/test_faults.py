@@ -16,14 +16,16 @@ import pytest
 import torch
 import yaml
 
-from pipeline import atomic, checkpoint
-from pipeline.archive import extract_segmentation
-from pipeline.data import prepare
-from pipeline.errors import PipelineError
+from pipeline.core import atomic
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import UNetOptions, load
+from pipeline.ingest.archive import extract_segmentation
+from pipeline.ingest.prepare import prepare
 from pipeline.models import build
-from pipeline.params import UNetOptions, load
-from pipeline.serving import save_served_model
-from pipeline.tracking import HTTP_LIMITS, Tracker
+from pipeline.models.saved import save_model
+from pipeline.serving.package import save_served_model
+from pipeline.tracking.runs import HTTP_LIMITS, Tracker
+from pipeline.training import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +82,7 @@ def test_predict_from_mlflow_loads_the_logged_file_and_refuses_a_tampered_one(tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     torch.manual_seed(0)
-    checkpoint.save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
+    save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
                           options=UNetOptions(width=4), num_classes=21)
     tracker = Tracker("tests", run_name="unet")
     tracker.log_model(tmp_path / "model.pt", save_served_model)
@@ -131,7 +133,7 @@ def test_a_broken_tracking_server_costs_seconds_and_training_finishes(broken_ser
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     from test_train import tiny_params
 
-    from pipeline.train import train_model
+    from pipeline.training.loop import train_model
 
     prepared = tmp_path / "prepared"
     prepare(voc_tree, prepared, workers=1, progress=False)
@@ -171,7 +173,7 @@ def test_prepare_on_a_full_disk_says_so_before_writing_and_leaves_nothing(tmp_pa
 
 
 def test_prepare_reserves_its_arrays_so_a_full_disk_is_an_error_not_a_bus_error(tmp_path):
-    from pipeline.data import _allocate
+    from pipeline.ingest.prepare import _allocate
 
     with small_filesystem(tmp_path / "small", "256k") as small:
         with pytest.raises(PipelineError, match="no space left on"):
@@ -199,7 +201,7 @@ def test_the_next_run_removes_what_a_killed_writer_left_and_nothing_a_live_one_i
 
 
 def test_a_killed_extract_leaves_a_temporary_that_the_next_extract_removes(tmp_path, voc_tar):
-    code = ("import os, signal, pipeline.progress as p\n"
+    code = ("import os, signal, pipeline.core.progress as p\n"
             "update = p.Progress.update\n"
             "def killed(self, n=1):\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -245,7 +247,7 @@ def test_read_only_outputs_are_one_line_naming_the_directory(tmp_path, voc_tree,
         assert f"cannot write in {ro}" in line and str(voc_tar) not in line  # the source is not to blame
 
         (tmp_path / "photo.png").write_bytes(_png())
-        checkpoint.save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
+        save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
                               options=UNetOptions(width=4), num_classes=21)
         predicted = run(tmp_path, "tools.predict", "--model", "unet", "--model-file", "model.pt", "photo.png",
                         "--out", str(ro / "out"))
@@ -277,7 +279,7 @@ def test_a_yaml_mistake_names_its_line_and_column(tmp_path):
 def test_a_stage_runs_with_its_imports_frozen_out_of_the_collector_and_keeps_its_exit_status():
     """`run_stage` freezes what was imported before `main` (the collector would rescan it, and the shutdown
     collect it, in every stage process) and still exits with `main`'s status."""
-    code = ("import gc\nimport torch\nfrom pipeline.cli import run_stage\n"
+    code = ("import gc\nimport torch\nfrom pipeline.core.cli import run_stage\n"
             "run_stage(lambda: 3 if gc.get_freeze_count() > 100_000 else 4)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -286,7 +288,7 @@ def test_a_stage_runs_with_its_imports_frozen_out_of_the_collector_and_keeps_its
 
 def test_the_last_resort_for_an_os_error_is_one_line(tmp_path):
     missing = tmp_path / "gone" / "metrics.json"
-    code = ("from pipeline.cli import run_stage\n"
+    code = ("from pipeline.core.cli import run_stage\n"
             f"run_stage(lambda: open({str(missing)!r}).read())\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})

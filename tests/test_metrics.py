@@ -6,9 +6,9 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from pipeline.errors import PipelineError
-from pipeline.metrics import ConfusionMatrix, per_image_iou, scores_from_confusion
-from pipeline.voc import CLASSES, IGNORE_INDEX
+from pipeline.core.errors import PipelineError
+from pipeline.core.labels import CLASSES, IGNORE_INDEX
+from pipeline.evaluation.metrics import ConfusionMatrix, per_image_iou, scores_from_confusion
 
 V = IGNORE_INDEX
 NAMES = ("a", "b", "c")

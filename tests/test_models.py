@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import ResNet18_Weights, mobilenet_v3_large, resnet18
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.models import build, set_batchnorm_momentum, zero_init_residual
 from pipeline.models.deeplab import TORCHVISION as TORCHVISION_DEEPLAB
 from pipeline.models.deeplab import AtrousConv2d, DeepLab

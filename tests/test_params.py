@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import params
-from pipeline.errors import PipelineError
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -33,7 +33,7 @@ def test_the_committed_params_and_the_demo_overrides_are_valid():
     assert list(config.models) == ["fcn", "unet", "deeplab"]
     assert config.train_for("unet").lr == 0.05 and config.train_for("fcn").lr == config.train.lr
     assert config.data.md5 == "6cd6e144f989b92b3379bac3b3de84fd" and config.data.size == 1_999_639_040
-    from pipeline.devtools.demo import merge_overrides
+    from devtools.demo import merge_overrides
 
     demo = params.parse(merge_overrides(BASE, yaml.safe_load((REPO / "params.demo.yaml").read_text())))
     assert demo.train_for("deeplab").bn_momentum == 0.1
@@ -130,7 +130,7 @@ def test_loading_params_imports_no_model_code():
     import subprocess
     import sys
 
-    code = ("import sys; from pipeline.params import load; load('params.yaml'); "
+    code = ("import sys; from pipeline.core.params import load; load('params.yaml'); "
             "print(sorted(m for m in sys.modules if m.startswith(('torch', 'pipeline.models'))))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import dvc, offline_params
 
-from pipeline.data import VOCPrepared
+from pipeline.prepared.dataset import VOCPrepared
 
 REPO = Path(__file__).resolve().parents[1]
 

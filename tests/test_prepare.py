@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 from torchvision.datasets import VOCSegmentation
 
-from pipeline.data import VOCPrepared, prepare
-from pipeline.errors import PipelineError
-from pipeline.voc import ARCHIVE_ROOT, CLASSES, SPLITS
+from pipeline.core.errors import PipelineError
+from pipeline.core.labels import CLASSES
+from pipeline.ingest.prepare import prepare
+from pipeline.ingest.voc import ARCHIVE_ROOT, SPLITS
+from pipeline.prepared.dataset import VOCPrepared
 
 
 @pytest.fixture(scope="module")

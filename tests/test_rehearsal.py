@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data import VOCPrepared
-from pipeline.devtools import rehearsal
-from pipeline.errors import PipelineError
+from devtools import rehearsal
+from pipeline.core.errors import PipelineError
+from pipeline.prepared.dataset import VOCPrepared
 from tools import rehearse
 
 REPO = Path(__file__).resolve().parents[1]

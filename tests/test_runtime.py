@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.runtime import resolve
+from pipeline.core.errors import PipelineError
+from pipeline.core.runtime import resolve
 
 
 def test_cpu_gets_full_precision_and_the_memory_format_asked_for():
@@ -55,8 +55,8 @@ def test_on_cuda_a_network_with_depthwise_convolutions_predicts_in_fp32_and_nchw
     """cuDNN sets up each new input shape of a channels-last depthwise convolution in ~0.15 s, and VOC val has
     hundreds of sizes; PyTorch's own NCHW depthwise kernel needs no set-up. Training (one crop size) and every
     other network keep what params ask for. A torch.device is taken as is, so no GPU is needed to check this."""
+    from pipeline.core.runtime import has_depthwise_convolutions
     from pipeline.models import build
-    from pipeline.runtime import has_depthwise_convolutions
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve(training=True) turns it on
     cuda = torch.device("cuda")
@@ -77,9 +77,9 @@ def test_evaluation_never_autotunes_and_training_keeps_its_setting(monkeypatch):
     cudnn.benchmark is back as it was."""
     import torch
 
-    from pipeline.evaluation import evaluate
+    from pipeline.core.runtime import resolve
+    from pipeline.evaluation.evaluate import evaluate
     from pipeline.models import build
-    from pipeline.runtime import resolve
 
     seen = []
 

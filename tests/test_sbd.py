@@ -7,19 +7,27 @@ from __future__ import annotations
 import gzip
 import io
 import shutil
+import socket
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+import yaml
+from conftest import offline_params
 from PIL import Image
 from torchvision.datasets import SBDataset
 
-from pipeline.archive import extract_sbd
-from pipeline.data import VOCPrepared, prepare
-from pipeline.errors import PipelineError
-from pipeline.voc import ARCHIVE_ROOT
+from pipeline.core.errors import PipelineError
+from pipeline.ingest.archive import extract_sbd
+from pipeline.ingest.prepare import prepare
+from pipeline.ingest.voc import ARCHIVE_ROOT
+from pipeline.prepared.dataset import VOCPrepared
 
+REPO = Path(__file__).resolve().parents[1]
 ROOT = "benchmark_RELEASE/dataset"
 
 
@@ -181,7 +189,27 @@ def test_a_bad_mat_label_is_named_and_nothing_is_written(voc_tree, broken_sbd, t
 def test_the_generated_sbd_archive_is_reproducible(voc_tar, sbd_tgz, tmp_path):
     from conftest import SYNTHETIC_SBD
 
-    from pipeline.devtools.synthetic import write_sbd_tgz
+    from devtools.synthetic import write_sbd_tgz
 
     write_sbd_tgz(tmp_path / "again.tgz", voc_tar, **SYNTHETIC_SBD)
     assert (tmp_path / "again.tgz").read_bytes() == sbd_tgz.read_bytes()
+
+
+def test_sbd_unreachable_names_its_own_key_and_the_voc_only_way_out(voc_tar, sbd_tgz, tmp_path):
+    """With the real VOC tar and no SBD (no internet, or SBD's host down), the message points at `sbd.urls`, not at
+    `data.urls`, and says that `prepare.train_set: train` needs no SBD at all."""
+    raw = offline_params(voc_tar, sbd_tgz)
+    with socket.socket() as unused:  # a port that nobody listens on once closed
+        unused.bind(("127.0.0.1", 0))
+        raw["sbd"]["urls"] = [f"http://127.0.0.1:{unused.getsockname()[1]}/benchmark.tgz"]
+    raw["sbd"]["retries"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "stages.sbd", "--params", str(tmp_path / "params.yaml"),
+                             "--tgz", str(tmp_path / "benchmark.tgz"), "--out", str(tmp_path / "SBD")],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: could not get benchmark.tgz from any source")
+    assert "into sbd.urls in params.yaml" in message and "data.urls" not in message
+    assert "prepare.train_set: train to train on VOC alone, without SBD" in message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]

@@ -14,11 +14,12 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.checkpoint import save_model
-from pipeline.data import VOCPrepared, prepare
+from pipeline.core.params import UNetOptions
+from pipeline.evaluation.regression import regressions
+from pipeline.ingest.prepare import prepare
 from pipeline.models import build
-from pipeline.params import UNetOptions
-from pipeline.regression import regressions
+from pipeline.models.saved import save_model
+from pipeline.prepared.dataset import VOCPrepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,9 @@ def workdir(voc_tree, tmp_path_factory) -> Path:
     model = build("unet", width=4)
     save_model(root / "models/unet/model.pt", model, architecture="unet", options=UNetOptions(width=4), num_classes=21)
     (root / "models/unet/mlflow_run.json").write_text(json.dumps({"run_id": None}))
+    (root / "metrics/train").mkdir(parents=True)
+    (root / "metrics/train/unet.csv").write_text("epoch,loss,lr,val_miou,images_per_second\n1,2.5,0.01,,10.0\n"
+                                                 "2,1.5,0.005,0.125,11.0\n")  # as the train stage writes it
     return root
 
 
@@ -74,7 +78,10 @@ def test_evaluate_writes_metrics_predictions_and_is_deterministic(workdir):
     assert runs and runs[0].data.metrics["val_miou"] == pytest.approx(metrics["miou"])
 
     stage(workdir, "stages.render", "--model", "unet")
-    assert len(list((workdir / "renders/unet").glob("*.png"))) == 3  # 2 chosen + 1 worst
+    assert len(list((workdir / "renders/unet").glob("[0-9][0-9]-*.png"))) == 3  # 2 chosen + 1 worst
+    for figure in ("history.png", "confusion.png"):  # from the train stage's history and evaluate's confusion rows
+        with Image.open(workdir / "renders/unet" / figure) as png:
+            assert png.width > 300 and np.array(png.convert("L")).std() > 0
     stage(workdir, "stages.render", "--compare")
     assert (workdir / "renders/compare.png").stat().st_size > 10_000
 
@@ -101,7 +108,7 @@ def test_predict_handles_odd_inputs_and_names_the_unreadable_one(workdir, tmp_pa
 
 
 def test_sixteen_bit_input_is_scaled_not_clipped(tmp_path):
-    from pipeline.user_images import read_rgb
+    from pipeline.serving.images import read_rgb
 
     ramp = np.linspace(0, 65535, 64 * 4, dtype=np.uint16).reshape(4, 64)
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
@@ -156,8 +163,8 @@ def test_predict_never_overwrites_an_input_nor_writes_one_output_twice(workdir, 
 def test_an_image_declaring_30000_pixels_a_side_is_skipped_by_name(tmp_path):
     from conftest import png_header_only
 
-    from pipeline.errors import PipelineError
-    from pipeline.user_images import read_rgb
+    from pipeline.core.errors import PipelineError
+    from pipeline.serving.images import read_rgb
 
     (tmp_path / "bomb.png").write_bytes(png_header_only(30000, 30000))
     with pytest.raises(PipelineError, match=r"bomb.png: skipped, larger than \d+ pixels"):
@@ -166,8 +173,8 @@ def test_an_image_declaring_30000_pixels_a_side_is_skipped_by_name(tmp_path):
 
 @pytest.mark.parametrize("miou", [None, "0.7", [0.7], True, float("nan")])
 def test_a_metrics_file_without_a_numeric_miou_is_one_clear_error(tmp_path, miou):
-    from pipeline.errors import PipelineError
-    from pipeline.regression import current_scores
+    from pipeline.core.errors import PipelineError
+    from pipeline.evaluation.regression import current_scores
 
     (tmp_path / "fcn.json").write_text(json.dumps({"miou": miou}))
     with pytest.raises(PipelineError, match=r"fcn.json: miou must be a number, got "):
@@ -175,8 +182,8 @@ def test_a_metrics_file_without_a_numeric_miou_is_one_clear_error(tmp_path, miou
 
 
 def test_predict_given_a_directory_says_so(tmp_path):
-    from pipeline.errors import PipelineError
-    from pipeline.user_images import expand
+    from pipeline.core.errors import PipelineError
+    from pipeline.serving.predict_files import expand
 
     with pytest.raises(PipelineError, match=r"is a directory; name image files or a pattern such as"):
         expand([str(tmp_path)])

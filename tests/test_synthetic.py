@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.devtools.synthetic import ID_PREFIX, UNLISTED, write_voc_tar
-from pipeline.errors import PipelineError
-from pipeline.voc import ARCHIVE_ROOT, NUM_CLASSES, flat_palette
+from devtools.synthetic import ID_PREFIX, UNLISTED, write_voc_tar
+from pipeline.core.errors import PipelineError
+from pipeline.core.labels import NUM_CLASSES, flat_palette
+from pipeline.ingest.voc import ARCHIVE_ROOT
 
 # The smallest splits for which every class is promised in both (7 images × 3 objects ≥ 20 classes).
 SYNTHETIC = {"seed": 3, "n_train": 9, "n_val": 7, "min_size": 40, "max_size": 100}

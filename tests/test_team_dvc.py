@@ -17,9 +17,9 @@ import pytest
 import yaml
 from conftest import offline_params
 
-from pipeline import tracking
-from pipeline.devtools import sweep
-from pipeline.devtools.demo import set_param_flags
+from devtools import sweep
+from devtools.demo import set_param_flags
+from pipeline.tracking import runs as tracking
 
 REPO = Path(__file__).resolve().parents[1]
 # Variables DVC sets for the stages it runs: none may leak in from a shell that is itself inside a DVC run.
@@ -194,6 +194,39 @@ def test_b_a_queued_sweep_is_one_mlflow_run_per_experiment_in_the_projects_store
         artifacts = Path(found.info.artifact_uri.removeprefix("file://"))
         assert artifacts.is_relative_to(project / tracking.DEFAULT_ARTIFACTS)
         assert any((artifacts / "model").rglob(tracking.MODEL_FILE))
+
+
+def stale_stages(project: Path) -> set[str]:
+    """The stages `dvc status` reports as changed."""
+    result = subprocess.run(["dvc", "status", "--json"], cwd=project, env=environment(None), capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("edited", "old", "new", "stale"), [
+    # An overlay's colour (the render stages' pictures) changes no model and no metric.
+    ("pipeline/reporting/draw.py", "ERROR_RGB = (255, 48, 48)", "ERROR_RGB = (255, 0, 0)", {"render@fcn", "compare"}),
+    # The training curves' figure is drawn by render from the train stage's history.
+    ("pipeline/reporting/figures.py", 'axes.set_xlabel("epoch")', 'axes.set_xlabel("epochs")',
+     {"render@fcn", "compare"}),
+    # The served model's request decoding is no stage's dependency.
+    ("pipeline/serving/service.py", "base64-encoded", "base64 encoded", set()),
+    # The network itself: every model is trained and evaluated again (render follows once their outputs change).
+    ("pipeline/models/fcn.py", "class FCN32s(", "class FCN32s(  # edited\n", {"train@fcn", "evaluate@fcn"}),
+], ids=["overlay colour", "history figure", "request decoding", "model code"])
+def test_c_an_edit_reruns_only_the_stages_whose_outputs_it_can_change(team_project, edited, old, new, stale):
+    path = team_project / edited
+    original = path.read_text()
+    before = stale_stages(team_project)
+    assert old in original
+    path.write_text(original.replace(old, new, 1))
+    try:
+        assert stale_stages(team_project) - before == stale
+    finally:
+        path.write_text(original)
+    assert stale_stages(team_project) == before
 
 
 def test_default_store_is_at_the_dvc_root(tmp_path, monkeypatch):

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.data import VOCPrepared, prepare
+from pipeline.ingest.prepare import prepare
+from pipeline.prepared.dataset import VOCPrepared
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

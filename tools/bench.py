@@ -6,7 +6,7 @@ a regression.
 
 Not a DVC stage: timings differ between machines and runs. Prints one markdown table per section, writes every
 number to `--out` (the ratios under `comparisons`), and exits 2 when a measurement misses its target in
-`pipeline.devtools.bench.TARGETS` (one line each). About 2 minutes on an idle 2-core CPU; other processes using the
+`devtools.bench.TARGETS` (one line each). About 2 minutes on an idle 2-core CPU; other processes using the
 CPU slow it down and fail targets. On a GPU roughly 10 minutes (an estimate from its parts: the evaluation
 comparison alone meets ~150 new image sizes per model, some with autotuning, and three models are compiled).
 """
@@ -19,11 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.atomic import write_json
-from pipeline.cli import run_stage
-from pipeline.devtools import bench
-from pipeline.errors import PipelineError
-from pipeline.runtime import resolve_device
+from devtools import bench
+from pipeline.core.atomic import write_json
+from pipeline.core.cli import run_stage
+from pipeline.core.errors import PipelineError
+from pipeline.core.runtime import resolve_device
 
 log = logging.getLogger("tools.bench")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import run_stage, venv_tool
-from pipeline.errors import PipelineError
-from pipeline.params import load
-from pipeline.regression import current_scores, regressions, scores_at_revision
+from pipeline.core.cli import run_stage, venv_tool
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load
+from pipeline.evaluation.regression import current_scores, regressions, scores_at_revision
 
 
 def main() -> None:

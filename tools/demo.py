@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import run_stage
-from pipeline.devtools import demo
+from devtools import demo
+from pipeline.core.cli import run_stage
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.cli import run_stage
+from pipeline.core.cli import run_stage
 from pipeline.models import build
 
 VARIANTS = [

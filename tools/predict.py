@@ -13,12 +13,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from pipeline import checkpoint, runtime
-from pipeline.cli import model_paths_from, run_stage
-from pipeline.errors import PipelineError
-from pipeline.params import load
-from pipeline.tracking import download_logged_model
-from pipeline.user_images import expand, segment_files
+from pipeline.core import runtime
+from pipeline.core.cli import model_paths_from, run_stage
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load
+from pipeline.models.saved import load_model
+from pipeline.serving.predict_files import expand, segment_files
+from pipeline.tracking.runs import download_logged_model
 
 
 def main() -> int:
@@ -36,10 +37,10 @@ def main() -> int:
     paths = expand(args.images)
     if args.model_uri:
         with tempfile.TemporaryDirectory() as downloaded:
-            model = checkpoint.load_model(download_logged_model(args.model_uri, downloaded))
+            model = load_model(download_logged_model(args.model_uri, downloaded))
     else:
         key = load(args.params).model_key(args.model)
-        model = checkpoint.load_model(model_paths_from(args, key).model_file)
+        model = load_model(model_paths_from(args, key).model_file)
     policy = runtime.resolve(device, network=model)
     failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy)
     print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")

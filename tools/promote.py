@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import run_stage
-from pipeline.params import load
-from pipeline.registry import promote
+from pipeline.core.cli import run_stage
+from pipeline.core.params import load
+from pipeline.tracking.registry import promote
 
 
 def main(argv: list[str] | None = None) -> None:

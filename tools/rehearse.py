@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.atomic import write_json
-from pipeline.cli import run_stage
-from pipeline.devtools import rehearsal
+from devtools import rehearsal
+from pipeline.core.atomic import write_json
+from pipeline.core.cli import run_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="the recipe to rehearse")
     parser.add_argument("--models", nargs="+", help="keys of `models` (default: all)")
     parser.add_argument("--epochs", type=int, default=2, help="the first pays the one-off costs, the last "
-                        "gives the pace (see pipeline/devtools/rehearsal.py)")
+                        "gives the pace (see devtools/rehearsal.py)")
     parser.add_argument("--train", type=int, default=rehearsal.VOC_TRAIN)
     parser.add_argument("--val", type=int, default=rehearsal.VOC_VAL)
     parser.add_argument("--sizes", type=int, nargs=2, default=rehearsal.VOC_SIZES, metavar=("SHORT_MIN", "LONG"))

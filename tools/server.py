@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli import run_stage, venv_tool
+from pipeline.core.cli import run_stage, venv_tool
 
 
 def server_command(host: str, port: int, directory: Path) -> list[str]:

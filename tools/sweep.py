@@ -11,9 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.cli import run_stage
-from pipeline.devtools import sweep
-from pipeline.errors import PipelineError
+from devtools import sweep
+from pipeline.core.cli import run_stage
+from pipeline.core.errors import PipelineError
 
 
 def grid_entry(text: str) -> tuple[str, list]:

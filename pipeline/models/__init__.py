@@ -1,6 +1,6 @@
 """The model registry: `build(architecture, options)` for fcn, unet and deeplab.
 
-Options are the typed `pipeline.params` objects (`FCNOptions`, `UNetOptions`, `DeepLabOptions`), checked when
+Options are the typed `pipeline.core.params` objects (`FCNOptions`, `UNetOptions`, `DeepLabOptions`), checked when
 params.yaml is loaded; `build("unet", width=4)` also takes plain keyword options and checks them the same way.
 Names are case-insensitive (the original tutorial's CLI says FCN, Unet, Deeplab).
 
@@ -15,13 +15,13 @@ from typing import Any
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.core.labels import NUM_CLASSES
+from pipeline.core.params import DeepLabOptions, FCNOptions, ModelOptions, UNetOptions, model_options
 from pipeline.models import weights
 from pipeline.models.deeplab import deeplabv3
 from pipeline.models.fcn import FCN8s, FCN32s
 from pipeline.models.unet import UNet
-from pipeline.params import DeepLabOptions, FCNOptions, ModelOptions, UNetOptions, model_options
-from pipeline.voc import NUM_CLASSES
 
 __all__ = ["build", "set_batchnorm_momentum", "zero_init_residual"]
 

@@ -59,9 +59,8 @@ class AtrousConv2d(nn.Conv2d):
     Along an axis where d is at least the map's size, both outer taps of every output fall into the padding, so
     only the centre row (or column) of the kernel sees data: the filter "degenerates to a 1×1 filter" (Chen et al.
     2017, §3.3). The outer taps then add exact zeros, and their gradients are exactly zero too, so skipping them
-    changes nothing but the rounding, and the cost: ASPP's rates 6/12/18 on the demo's 6×6 maps made its three
-    atrous branches a sixth of the whole training step, and MobileNetV3's rate 36 reaches past a 480 crop's
-    30×30 map. Larger maps take the full convolution."""
+    changes nothing but the rounding, and the cost: ASPP's rates 6/12/18 reach past the demo's 6×6 maps, and
+    MobileNetV3's rate 36 past a 480 crop's 30×30 map. Larger maps take the full convolution."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         if (conv.kernel_size != (3, 3) or conv.padding != conv.dilation or conv.stride != (1, 1) or conv.groups != 1

@@ -38,10 +38,8 @@ class BlockConvTranspose2d(nn.ConvTranspose2d):
     input pixels around them, each pixel through one quarter of the kernel. So the input's 2×2 neighbourhoods
     (zero beyond the border) times the kernel's quarters, rearranged into one (4 · in) × (out · f · f) matrix,
     give every block at once. Outputs and gradients equal the transposed convolution's but for rounding; the
-    parameters and state-dict keys are ConvTranspose2d's. FCN-32s's ×32 layer (21 × 21 classes, a 64×64 kernel)
-    was a quarter of its CPU training step, forward and backward, and takes under half of that this way. Without
-    autograd (predicting) oneDNN's transposed convolution is the faster one (FCN-32s predicted 128×160 to 375×500
-    images at 0.77–0.95× the speed the other way), and GPUs keep cuDNN's, not measured against this."""
+    parameters and state-dict keys are ConvTranspose2d's. Without autograd (predicting) oneDNN's transposed
+    convolution is the faster one and is kept, and GPUs keep cuDNN's (docs/performance.md)."""
 
     def __init__(self, in_channels: int, out_channels: int, factor: int) -> None:
         if factor < 2 or factor % 2:

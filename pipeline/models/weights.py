@@ -24,7 +24,7 @@ from torchvision.models import (
     WeightsEnum,
 )
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 # IMAGENET1K_V1 throughout: the weights torchvision's own segmentation builders default to.
 IMAGENET: dict[str, WeightsEnum] = {
@@ -52,7 +52,7 @@ def hub_path(weights: WeightsEnum) -> Path:
 
 def _check_source(pretrained: str, sha256: str | None, where: str) -> None:
     """The checks that need no download or hashing of a good file: a local path exists and comes with a sha256
-    (params.yaml's checks of the values themselves are in `pipeline.params`)."""
+    (params.yaml's checks of the values themselves are in `pipeline.core.params`)."""
     if pretrained in ("imagenet", "none"):
         return
     path = Path(pretrained)

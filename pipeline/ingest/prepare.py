@@ -1,0 +1,297 @@
+"""Stage `prepare`'s work: the extracted VOC tree (and SBD for trainaug) → packed, memory-mappable arrays per split,
+in the layout of `pipeline.prepared.format`, with statistics. Every pair is checked before the directory appears.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.core.atomic import atomic_dir, full_disk_reported, require_space, require_writable, write_json
+from pipeline.core.errors import PipelineError
+from pipeline.core.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from pipeline.core.progress import Progress
+from pipeline.ingest import sbd, voc
+from pipeline.prepared.format import IMAGES, INDEX, LABELS, SPLITS
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16  # samples per task sent to a worker process: few enough round trips, still a smooth progress bar
+
+# (image path, label path, offset into labels.npy, height, width); the image offset is 3 × the label offset.
+Sample = tuple[str, str, int, int, int]
+
+
+def voc_dir(voc_root: str | os.PathLike) -> Path:
+    """The `VOC2012` directory, given it, the `VOCdevkit` holding it, or the directory holding `VOCdevkit`."""
+    root = Path(voc_root)
+    for candidate in (root / voc.ARCHIVE_ROOT, root / Path(voc.ARCHIVE_ROOT).name, root):
+        if (candidate / voc.SPLIT_DIR).is_dir():
+            return candidate
+    raise PipelineError(f"{root}: no {voc.ARCHIVE_ROOT}/{voc.SPLIT_DIR} in it; "
+                        f"extract the VOC archive there first (run the extract stage)")
+
+
+def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 0, train_set: str = "train",
+            sbd_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Decode and check every image/label pair of the train set and VOC val and pack them into `out_dir`.
+
+    `voc_root` is the directory holding `VOCdevkit/VOC2012`, or `VOCdevkit/VOC2012` itself. `train_set`: `train`
+    (VOC's 1,464) or `trainaug` (with SBD, extracted at `sbd_root`; see `pipeline.ingest.sbd`). `workers` decoding
+    processes (0 = one per core, 1 = none: decode in this process). `out_dir` is replaced as a whole, and only
+    once every pair has been checked. Returns the per-split statistics written to `metrics/data.json`.
+    """
+    source = voc_dir(voc_root)
+    split_ids = _read_splits(source)
+    pairs = {"train": train_pairs(source, split_ids, train_set, sbd_root),
+             "val": [_voc_pair(source, image_id) for image_id in split_ids["val"]]}
+    scanned = {split: _scan_split(pairs[split]) for split in SPLITS}
+    need = sum(4 * _pixel_count(samples) for samples in scanned.values())  # 3 bytes of image + 1 of label a pixel
+    out_parent = Path(out_dir).absolute().parent
+    require_writable(out_parent, "make it writable or pass another --out")
+    require_space(out_parent, need)
+    workers = workers or os.cpu_count() or 1
+    stats = {}
+    with atomic_dir(out_dir) as tmp:
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try:
+            for split in SPLITS:
+                ids = [pair.image_id for pair in pairs[split]]
+                stats[split] = _prepare_split(split, ids, scanned[split], tmp / split, pool, progress, need)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    for split in SPLITS:
+        origins = Counter(pair.origin for pair in pairs[split])
+        stats[split].update(set=train_set if split == "train" else split,
+                            sources={origin: origins[origin] for origin in ("voc", "sbd")})
+    return stats
+
+
+class Pair(NamedTuple):
+    """One sample to prepare: its id, where it comes from ("voc" or "sbd"), and its image and label files."""
+
+    image_id: str
+    origin: str
+    image: Path
+    label: Path
+
+
+def train_pairs(source: Path, split_ids: dict[str, list[str]], train_set: str,
+                sbd_root: str | os.PathLike | None) -> list[Pair]:
+    """The training samples, in id order for trainaug (VOC train's own order for train). trainaug = (VOC train ∪
+    SBD train ∪ SBD val) − VOC val, VOC's PNG wherever VOC has one."""
+    voc_train = split_ids["train"]
+    if train_set == "train":
+        return [_voc_pair(source, image_id) for image_id in voc_train]
+    if train_set != "trainaug":
+        raise PipelineError(f"prepare.train_set: must be trainaug or train, got {train_set!r}")
+    if sbd_root is None:
+        raise PipelineError("prepare.train_set is trainaug but no SBD directory was given; run the sbd stage "
+                            "(dvc repro sbd) or set prepare.train_set: train")
+    sbd_ids = {image_id for name in sbd.LISTS for image_id in sbd.read_list(sbd_root, name)}
+    in_voc = set(voc_train)
+    return [_voc_pair(source, image_id) if image_id in in_voc
+            else Pair(image_id, "sbd", sbd.image_path(sbd_root, image_id), sbd.label_path(sbd_root, image_id))
+            for image_id in sorted((in_voc | sbd_ids) - set(split_ids["val"]))]
+
+
+def _voc_pair(source: Path, image_id: str) -> Pair:
+    return Pair(image_id, "voc", source / voc.IMAGE_DIR / f"{image_id}{voc.IMAGE_SUFFIX}",
+                source / voc.LABEL_DIR / f"{image_id}{voc.LABEL_SUFFIX}")
+
+
+def _scan_split(pairs: list[Pair]) -> list[Sample]:
+    """Each pair's paths, size and offset, from the file headers alone (an SBD `.mat` label's size is checked when
+    it is decoded: reading it means reading it whole)."""
+    samples: list[Sample] = []
+    offset = 0
+    for pair in pairs:
+        height, width = _check_headers(pair.image, pair.label)
+        samples.append((str(pair.image), str(pair.label), offset, height, width))
+        offset += height * width
+    return samples
+
+
+def _pixel_count(samples: list[Sample]) -> int:
+    return sum(height * width for *_, height, width in samples)
+
+
+def _allocate(path: Path, size: int, need: int) -> None:
+    """An .npy file of `size` uint8 whose blocks are reserved on disk now. `open_memmap` alone makes a sparse file,
+    and a worker filling its pages on a full disk dies of SIGBUS ("Bus error"), far from any useful message."""
+    with full_disk_reported(path.parent, need):
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(size,)).flush()
+        with open(path, "r+b") as file:
+            try:
+                os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here: require_space must do
+                    raise
+
+
+def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path, pool: ProcessPoolExecutor | None,
+                   progress: bool, need: int) -> dict:
+    offset = _pixel_count(samples)
+    # Sizes come from the headers, so both arrays can be allocated on disk now and filled in place by the
+    # workers: memory stays bounded by a chunk of images, not the split (real VOC: ~1.6 GB of pixels).
+    out.mkdir(parents=True)
+    images_npy, labels_npy = out / IMAGES, out / LABELS
+    for path, size in ((images_npy, 3 * offset), (labels_npy, offset)):
+        _allocate(path, size, need)
+    chunks = [samples[i:i + CHUNK] for i in range(0, len(samples), CHUNK)]
+    histogram = np.zeros(256, dtype=np.int64)
+    with Progress(len(samples), desc=f"prepare {split}", unit="images", enabled=progress, logger=log) as bar:
+        if pool is None:
+            for chunk in chunks:
+                histogram += _decode_chunk(str(images_npy), str(labels_npy), chunk)
+                bar.update(len(chunk))
+        else:
+            futures = {pool.submit(_decode_chunk, str(images_npy), str(labels_npy), chunk): len(chunk)
+                       for chunk in chunks}
+            for future in as_completed(futures):
+                histogram += future.result()
+                bar.update(futures[future])
+
+    heights = [s[3] for s in samples]
+    widths = [s[4] for s in samples]
+    write_json(out / INDEX, {
+        "ids": ids, "heights": heights, "widths": widths,
+        "label_offsets": [s[2] for s in samples], "image_offsets": [3 * s[2] for s in samples],
+    })
+    void = int(histogram[IGNORE_INDEX])
+    return {
+        "images": len(ids),
+        "pixels": offset,
+        "class_pixels": {name: int(histogram[c]) for c, name in enumerate(CLASSES)},
+        "void_pixels": void,
+        "void_fraction": void / offset,
+        "height": {"min": min(heights), "max": max(heights)},
+        "width": {"min": min(widths), "max": max(widths)},
+        "sha256": _sha256(out / INDEX, images_npy, labels_npy),
+    }
+
+
+def _read_splits(source: Path) -> dict[str, list[str]]:
+    """The ids of each split file, refusing an id listed twice in one split or in more than one split: a val
+    image that is also trained on inflates every metric."""
+    split_ids = {split: _read_split(source, split) for split in voc.SPLITS}
+    for split, ids in split_ids.items():
+        repeated = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
+        if repeated:
+            raise PipelineError(f"{_split_file(source, split)}: {_some(repeated)} listed more than once; "
+                                "each id must appear once (restore the official split file)")
+    shared = sorted(set.intersection(*(set(ids) for ids in split_ids.values())))
+    if shared:
+        raise PipelineError(f"{' and '.join(_split_file(source, s).name for s in voc.SPLITS)} both list "
+                            f"{_some(shared)}; the splits must be disjoint (restore the official split files)")
+    return split_ids
+
+
+def _some(ids: list[str]) -> str:
+    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def _split_file(source: Path, split: str) -> Path:
+    return source / voc.SPLIT_DIR / f"{split}.txt"
+
+
+def _read_split(source: Path, split: str) -> list[str]:
+    path = _split_file(source, split)
+    try:
+        ids = path.read_text().split()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; the extracted archive is incomplete, run the extract stage "
+                            "again") from None
+    if not ids:
+        raise PipelineError(f"{path}: lists no ids; the extracted archive is damaged, run the extract stage again")
+    return ids
+
+
+def _check_headers(image_path: Path, label_path: Path) -> tuple[int, int]:
+    """(height, width) of a pair, after the checks that need only the file headers."""
+    image = _open(image_path)
+    if label_path.suffix == sbd.LABEL_SUFFIX:
+        if not label_path.is_file():
+            raise sbd.missing_label(label_path)
+        return image.height, image.width
+    label = _open(label_path)
+    if label.mode != "P":
+        raise PipelineError(f"{label_path}: label mode is {label.mode!r}, want a palette ('P') PNG whose index is "
+                            f"the class id, as in VOC's SegmentationClass; convert it or re-extract the archive")
+    if label.size != image.size:
+        raise PipelineError(f"{label_path}: label is {label.width}×{label.height} but image {image_path.name} is "
+                            f"{image.width}×{image.height}; they must match pixel for pixel, re-extract the archive")
+    return image.height, image.width
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image  # the header is read; pixels are only decoded later, in `_decode_chunk`
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing, but listed in ImageSets/Segmentation; "
+                            f"the extracted archive is incomplete, run the extract stage again") from None
+    except UnidentifiedImageError:
+        raise PipelineError(f"{path}: not an image in a format PIL reads; re-extract the archive") from None
+    except Image.DecompressionBombError as error:  # a header declaring, say, 30000×30000: refuse before decoding
+        raise PipelineError(f"{path}: refused, far larger than any VOC image ({error}); "
+                            "re-extract the archive") from None
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot be read ({error.strerror or error}); re-extract the archive") from None
+
+
+def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample]) -> np.ndarray:
+    """Decode, check and write one chunk of samples into the arrays; returns the label-value histogram.
+    Runs in a worker process, so it opens the arrays itself and each worker writes only its own slices."""
+    images = np.load(images_npy, mmap_mode="r+")
+    labels = np.load(labels_npy, mmap_mode="r+")
+    histogram = np.zeros(256, dtype=np.int64)
+    for image_path, label_path, offset, height, width in chunk:
+        label = _pixels(label_path, rgb=False)
+        image = _pixels(image_path, rgb=True)
+        if label.shape != (height, width):
+            raise PipelineError(f"{label_path}: label is {label.shape[1]}×{label.shape[0]} but image "
+                                f"{Path(image_path).name} is {width}×{height}; they must match pixel for pixel")
+        counts = np.bincount(label.ravel(), minlength=256)
+        bad = np.flatnonzero(counts[NUM_CLASSES:IGNORE_INDEX]) + NUM_CLASSES
+        if bad.size:
+            shown = ", ".join(map(str, bad[:5])) + (", …" if bad.size > 5 else "")
+            raise PipelineError(f"{label_path}: label values {shown} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}; "
+                                f"VOC labels are class indices with {IGNORE_INDEX} for void, re-extract the archive")
+        labels[offset:offset + height * width] = label.ravel()
+        images[3 * offset:3 * (offset + height * width)].reshape(3, height, width)[...] = image.transpose(2, 0, 1)
+        histogram += counts
+    images.flush()
+    labels.flush()
+    return histogram
+
+
+def _pixels(path: str, *, rgb: bool) -> np.ndarray:
+    """H×W×3 RGB for an image; for a label H×W of its palette indices, which are the class ids (no colour look-up),
+    or of an SBD `.mat`'s `GTcls.Segmentation`."""
+    if path.endswith(sbd.LABEL_SUFFIX):
+        return sbd.read_label(path)
+    try:
+        with Image.open(path) as file:
+            return np.asarray(file.convert("RGB") if rgb else file)
+    except OSError as error:  # e.g. a truncated file, whose header alone looked fine
+        raise PipelineError(f"{path}: cannot be decoded ({error}); re-extract the archive") from None
+
+
+def _sha256(*paths: Path) -> str:
+    """The sha256 of the files' bytes one after the other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            hashlib.file_digest(f, lambda: digest)  # feeds `digest` itself
+    return digest.hexdigest()

@@ -1,0 +1,96 @@
+"""The trained model file (`models/<key>/model.pt`): what to rebuild (architecture, options, number of classes) and
+its state dict, as a plain dict read back with `weights_only=True`, so a model file can never run code.
+
+Files are written atomically through an open handle: `torch.save` to a path would put the (random) temporary
+file's name inside the archive, and identical weights would give different bytes, which DVC would see as a new
+model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.core.atomic import atomic_file, is_disk_full, no_space
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import ModelOptions
+from pipeline.models import build
+
+
+def _nbytes(state: Any) -> int:
+    """About the size of `state` saved: its tensors' bytes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_nbytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_nbytes(value) for value in state)
+    return 0
+
+
+class _RecordingWriter:
+    """A file for `torch.save` that keeps the OSError of a failed write: torch reports a full disk only as
+    "unexpected pos", which would hide the reason."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def save_state(state: dict, path: Path) -> None:
+    """Write atomically: on any failure the file at `path` (say, the previous epoch's checkpoint) is untouched and
+    the temporary file is gone; a full disk says so, with the space needed."""
+    with atomic_file(path) as tmp:
+        writer = None
+        try:
+            with open(tmp, "wb") as file:
+                writer = _RecordingWriter(file)
+                torch.save(state, writer)
+        except (RuntimeError, OSError) as error:
+            cause = (writer.error if writer is not None else None) or error
+            if is_disk_full(cause):
+                tmp.unlink(missing_ok=True)  # closed and gone first, so the message counts its space as free
+                raise no_space(path, _nbytes(state)) from None
+            raise
+
+
+def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: ModelOptions,
+               num_classes: int) -> None:
+    """The trained network as a plain dict: what to rebuild (architecture, options) and its state dict."""
+    state = {
+        "architecture": architecture,
+        "options": dataclasses.asdict(options),
+        "num_classes": num_classes,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    save_state(state, path)
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on the CPU (callers place it
+    with their runtime policy)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no trained model here; run `dvc repro train@<model>` first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise PipelineError(f"{path}: not a readable model file ({error}); rerun the train stage") from None
+    # The trained weights replace any backbone initialisation: never fetch ImageNet weights just to load.
+    options = {key: value for key, value in state["options"].items() if key not in ("pretrained", "weights_sha256")}
+    model = build(state["architecture"], num_classes=state["num_classes"], **options)
+    model.load_state_dict(state["state_dict"])
+    return model.eval()

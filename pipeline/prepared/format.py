@@ -1,0 +1,15 @@
+"""The prepared directory's layout, shared by its writer (`pipeline.ingest.prepare`) and its reader
+(`pipeline.prepared.dataset`).
+
+Per split (`train`, `val`):
+  images.npy  one flat uint8 array: every image as 3×H×W (RGB), concatenated in split order
+  labels.npy  one flat uint8 array: every label as H×W (class index, 255 = void), same order
+  index.json  ids, heights, widths, and each sample's offset into both arrays
+Two big files instead of thousands of small ones: training reads them through the page cache with no JPEG or PNG
+decoding, and DataLoader workers share the mapping instead of each holding a copy.
+"""
+
+SPLITS = ("train", "val")
+IMAGES = "images.npy"
+LABELS = "labels.npy"
+INDEX = "index.json"

@@ -1,0 +1,42 @@
+"""The served model's MLflow directory: `model.pt` (weights, loaded with `weights_only=True`), a copy of the
+`pipeline` package, and `served_model.py`, which MLflow runs to build the service ("models from code": no pickle).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+# The served model's signature: one base64 image file per request row in, one base64 palette PNG per row out.
+INPUT_COLUMN = "image"
+OUTPUT_COLUMN = "mask_png"
+PACKAGE = Path(__file__).resolve().parents[1]  # pipeline/
+ENTRY_POINT = Path(__file__).resolve().parent / "served_model.py"
+
+
+def save_served_model(model_file: str | Path, directory: str | Path) -> Path:
+    """Write the MLflow model directory for `model_file` (a `pipeline.models.saved.save_model` file) at `directory`."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+                               outputs=Schema([ColSpec("string", OUTPUT_COLUMN)]))
+    with tempfile.TemporaryDirectory() as scratch:
+        code = Path(scratch) / PACKAGE.name  # the package without caches
+        shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__"))
+        with warnings.catch_warnings():
+            # MLflow suggests type hints and an input example; the signature above already states the schema, and
+            # an example would make it run the model at save time.
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.pyfunc.save_model(
+                str(directory), python_model=str(ENTRY_POINT), artifacts={"model": str(model_file)},
+                code_paths=[str(code)], signature=signature,
+                # Stated, not inferred: inference would load the model in a subprocess at every save.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                                  "numpy", "pillow", "pandas"])
+    return Path(directory)

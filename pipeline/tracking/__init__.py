@@ -1,0 +1,1 @@
+"""Tracking: the stages' MLflow runs and the model registry."""

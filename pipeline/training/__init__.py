@@ -1,0 +1,2 @@
+"""Training: augmentation, the loss and optimiser, the one training loop, checkpoints and torchrun process
+groups (the train stage)."""
