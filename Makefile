@@ -1,4 +1,4 @@
-# Two commands to start: `make demo` (the whole pipeline offline on generated data, CPU, about 4 min) and
+# Two commands to start: `make demo` (the whole pipeline offline on generated data, CPU, about 5 min) and
 # `make test`. Both create .venv on first use; later runs reuse it until pyproject.toml changes.
 
 PYTHON ?= python3
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test lint demo repro ui bench check-metrics clean-demo server promote serve sweep rehearse update-plot-libs
+.PHONY: setup test lint demo repro ui bench bench-page check-metrics clean-demo server promote serve sweep rehearse update-plot-libs
 
 setup: $(STAMP)
 
@@ -35,8 +35,14 @@ repro: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/python -m tools.ui --host 127.0.0.1 --port 5000
 
+# Speed and memory with targets (DEVICE=cuda on a GPU; auto picks it when there is one). `make bench-page` then puts
+# that run's results on docs/performance.md, generated, with the device and date.
+DEVICE ?= auto
 bench: $(STAMP)
-	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.bench --device $(DEVICE)
+
+bench-page: $(STAMP)
+	$(BIN)/python -m tools.bench_page --results bench/results.json
 
 # Force the evaluation stages again and fail if any model's mIoU differs from what is in metrics/ now.
 check-metrics: $(STAMP)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import datetime
 import gc
 import logging
 import os
@@ -71,6 +72,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                                                "pretrained": "none"}),
     # … and as torchvision's reference trains it (auxiliary head on layer3, weight 0.5).
     "deeplab-resnet50+aux": ("deeplab", {"backbone": "resnet50", "aux_loss": True, "pretrained": "none"}),
+    # DeepLabV3+ as params.yaml trains it: output stride 16, auxiliary head on layer3.
+    "deeplabv3plus-resnet50+aux": ("deeplabv3plus", {"backbone": "resnet50", "aux_loss": True, "pretrained": "none"}),
 }
 
 
@@ -99,8 +102,10 @@ class Settings:
 
 CPU = Settings()
 # 480×480 is the TrainParams default crop (torchvision's reference); more warm-up steps for cudnn.benchmark's search.
+# Every model's step is also timed compiled, so that one run says where compiling pays (params.yaml compiles only
+# where it did).
 CUDA = Settings(crop_size=(480, 480), warmup_steps=3, min_steps=5, max_steps=30, budget_s=3.0, eval_warmup=3,
-                comparison_eval_images=48, compile_variants=("fcn32s", "unet-64", "deeplab-resnet50+aux"))
+                comparison_eval_images=48, compile_variants=tuple(VARIANTS))
 
 # What a run must reach, per metric path (keys joined by "/"): {"min": …} for a throughput, {"max": …} for memory.
 # Set at about half of a run on an idle machine (its numbers in the comments; ceilings at about twice), so that
@@ -129,14 +134,15 @@ TARGETS: dict[str, dict[str, dict[str, float]]] = {
         # measured 53.6, 48.7, 4.7, 38.0 and 5.3 img/s
         **_per_model("train/images_per_second", "min", {
             "fcn32s": 25, "unet-16": 24, "unet-64": 2.3, "deeplab-mobilenet_v3_large": 18,
-            "deeplab-resnet50+aux": 2.5}),
+            "deeplab-resnet50+aux": 2.5, "deeplabv3plus-resnet50+aux": 3.5}),  # V3+: 7.2 (2-core Xeon, 2026-12-04)
         # measured 13.7, 12.0, 1.09, 14.2 and 1.66 img/s
         **_per_model("evaluate/images_per_second", "min", {
-            "fcn32s": 6.5, "unet-16": 6, "unet-64": 0.5, "deeplab-mobilenet_v3_large": 7, "deeplab-resnet50+aux": 0.8}),
+            "fcn32s": 6.5, "unet-16": 6, "unet-64": 0.5, "deeplab-mobilenet_v3_large": 7, "deeplab-resnet50+aux": 0.8,
+            "deeplabv3plus-resnet50+aux": 1.3}),  # V3+: 2.74
         # measured 172, 249, 706, 194 and 452 MB
         **_per_model("evaluate/peak_memory_mb", "max", {
             "fcn32s": 350, "unet-16": 500, "unet-64": 1400, "deeplab-mobilenet_v3_large": 400,
-            "deeplab-resnet50+aux": 900}),
+            "deeplab-resnet50+aux": 900, "deeplabv3plus-resnet50+aux": 1100}),  # V3+: 536
         # Side by side (devtools/comparisons.py), ratios of the project over the alternative. Measured
         # 2.42 and 0.67 (the project's augmentation runs in the main process on the training device, so on a CPU two
         # torchvision workers, which decode and augment in parallel, beat it: train.workers stays 0 on the CPU),
@@ -145,6 +151,8 @@ TARGETS: dict[str, dict[str, dict[str, float]]] = {
         "comparisons/loader_project_over_torchvision/workers=2": {"min": 0.33},
         **_per_model("comparisons/train_step_project_over_plain_fp32", "min", dict.fromkeys(VARIANTS, 0.5)),
         "comparisons/confusion_bincount_over_torchmetrics": {"min": 0.45},
+        # The loader must outrun the step (it does by hundreds of times on the CPU).
+        **_per_model("comparisons/loader_over_train_step", "min", dict.fromkeys(VARIANTS, 1.0)),
     },
     # Half of what two NVIDIA H200 sessions measured (torch 2.11, cuDNN 9.19; 2026-11-26 and -27). The first:
     # every train and evaluate row, step ratios FCN-32s 1.18, U-Net-16 1.96, U-Net-64 2.09, FLOP utilisation
@@ -172,6 +180,8 @@ TARGETS: dict[str, dict[str, dict[str, float]]] = {
             "fcn32s": 30, "unet-16": 5, "unet-64": 22, "deeplab-mobilenet_v3_large": 25, "deeplab-resnet50+aux": 14}),
         # Only where params.yaml compiles (DeepLab R50): FCN-32s and U-Net-64 measured 0.82 and 0.96, not a target.
         "comparisons/train_step_compiled_over_eager/deeplab-resnet50+aux": {"min": 0.61},
+        # Fed at the step's rate: the loader (0 or 2 workers, whichever is faster) must outrun every model's step.
+        **_per_model("comparisons/loader_over_train_step", "min", dict.fromkeys(VARIANTS, 1.0)),
     },
 }
 
@@ -291,7 +301,10 @@ def bench_evaluate(name: str, settings: Settings, device: torch.device) -> dict:
 def run(workdir: Path, device: torch.device, settings: Settings | None = None) -> dict:
     """Every measurement on `device`, with generated data written under `workdir`; the results as one dict."""
     settings = settings or settings_for(device)
-    results: dict[str, Any] = {"device": describe(device), "settings": _jsonable(dataclasses.asdict(settings))}
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    results: dict[str, Any] = {"device": describe(device), "settings": _jsonable(dataclasses.asdict(settings)),
+                               "date": datetime.date.today().isoformat(), "seconds": timings}
     log.info("generating %d images of %d–%d px", settings.images, *settings.image_size)
     voc_root = generated_voc(workdir, settings)
     prepared = workdir / "prepared"
@@ -305,6 +318,7 @@ def run(workdir: Path, device: torch.device, settings: Settings | None = None) -
         results["loader"][f"workers={workers}"] = bench_loader(prepared, workers, settings)
         log.info("loader, workers=%d: %s samples/s", workers,
                  results["loader"][f"workers={workers}"]["samples_per_second"])
+    timings["prepare and loader"] = _round(time.perf_counter() - started)
     samples = list(VOCPrepared(prepared, "train"))
     if device.type == "cuda":  # the training loop's DataLoader pins its batches (pin_memory on CUDA)
         samples = [(image.pin_memory(), label.pin_memory()) for image, label in samples]
@@ -314,10 +328,17 @@ def run(workdir: Path, device: torch.device, settings: Settings | None = None) -
         log.info("train %s: %s img/s", name, results["train"][name]["images_per_second"])
         results["evaluate"][name] = bench_evaluate(name, settings, device)
         log.info("evaluate %s: %s img/s", name, results["evaluate"][name]["images_per_second"])
+    timings["train and evaluate"] = _round(time.perf_counter() - started - sum(timings.values()))
     ratios, details = comparisons.run(voc_root, prepared, samples, settings, device)
+    # Can the loader feed the step? Its best samples/s over the step's img/s: below 1, training waits for data.
+    loader = max(row["samples_per_second"] for row in results["loader"].values())
+    ratios["loader_over_train_step"] = {name: loader / row["images_per_second"]
+                                        for name, row in results["train"].items()}
     results["comparisons"] = _rounded(ratios)
     results["comparison_details"] = _jsonable(details)
     log.info("comparisons: %s", results["comparisons"])
+    timings["comparisons"] = _round(time.perf_counter() - started - sum(timings.values()))
+    timings["total"] = _round(time.perf_counter() - started)
     return results
 
 

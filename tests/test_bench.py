@@ -62,7 +62,7 @@ def test_every_target_names_a_measured_metric():
     cases = {"loader_project_over_torchvision": loaders, "train_step_project_over_plain_fp32": set(bench.VARIANTS),
              "flop_utilisation": set(bench.VARIANTS), "evaluate_project_over_autotuned": set(bench.VARIANTS),
              "train_step_compiled_over_eager": set(bench.CUDA.compile_variants),
-             "confusion_bincount_over_torchmetrics": {None}}
+             "confusion_bincount_over_torchmetrics": {None}, "loader_over_train_step": set(bench.VARIANTS)}
     for targets in bench.TARGETS.values():
         for path, target in targets.items():
             section, key, *name = path.split("/")
@@ -76,7 +76,10 @@ def test_every_target_names_a_measured_metric():
 def test_comparisons_are_ratios_of_measurements_taken_side_by_side(results):
     ratios, details = results["comparisons"], results["comparison_details"]
     assert set(ratios) == {"loader_project_over_torchvision", "train_step_project_over_plain_fp32",
-                           "confusion_bincount_over_torchmetrics"}  # flop utilisation and evaluation: CUDA only
+                           "confusion_bincount_over_torchmetrics", "loader_over_train_step"}  # the rest: CUDA only
+    best_loader = max(row["samples_per_second"] for row in results["loader"].values())
+    assert ratios["loader_over_train_step"]["unet-4"] == pytest.approx(
+        best_loader / results["train"]["unet-4"]["images_per_second"], rel=1e-3)
     loader = details["loader_project_over_torchvision"]["workers=0"]
     assert loader["ratio"] == pytest.approx(loader["project_samples_per_second"]
                                             / loader["torchvision_samples_per_second"])
@@ -133,3 +136,34 @@ def test_the_evaluation_comparison_gives_each_path_sizes_it_has_not_met():
     assert row["policy"] == "fp32+channels_last" and set(row["policies"]) == {row["policy"]}  # the CPU's only one
     assert row["ratio"] == pytest.approx(row["autotuned_cold_ms_per_image"] / row["project_cold_ms_per_image"])
     assert isinstance(row["differing_pixels"], int) and row["differing_pixels"] >= 0  # its size is the GPU's finding
+
+
+def test_a_published_run_becomes_the_pages_generated_section(results, tmp_path):
+    """`tools.bench_page`'s path: the run's results file is copied beside the page and its section regenerated from
+    it, naming the device and every target; the hand-written rest of the page is untouched; rerendering changes
+    nothing; a device without a section is one clear error."""
+    from devtools import bench_page
+    from pipeline.core.errors import PipelineError
+
+    run_file = tmp_path / "results.json"
+    targets = {"loader/workers=0/samples_per_second": {"min": 1e-6}}
+    run_file.write_text(json.dumps({**results, "targets": targets, "missed": []}))
+    page = tmp_path / "docs" / "performance.md"
+    page.parent.mkdir()
+    page.write_text("# Speed\n\nhand-written\n\n<!-- bench: bench/cpu.json -->\nold numbers\n<!-- end bench -->\n"
+                    "\n<!-- bench: bench/cuda.json -->\n<!-- end bench -->\nmore text\n")
+    assert bench_page.publish(run_file, page) == tmp_path / "docs" / "bench" / "cpu.json"
+    text = page.read_text()
+    assert "old numbers" not in text and "hand-written" in text and text.endswith("more text\n")
+    assert results["device"]["name"] in text and "| unet-4 |" in text and "≥ 1e-06" in text
+    assert "Every target met" in text and f"{results['seconds']['total'] / 60:.1f} min" in text
+    assert "Not measured yet: no single run has written `bench/cuda.json`" in text
+    assert bench_page.render(text, page.parent) == text
+    assert set(results["seconds"]) == {"prepare and loader", "train and evaluate", "comparisons", "total"}
+    assert results["comparisons"]["loader_over_train_step"]["unet-4"] > 0
+
+    cuda = {**json.loads(run_file.read_text()), "device": {**results["device"], "type": "cuda"}}
+    run_file.write_text(json.dumps(cuda))
+    page.write_text("# no sections\n")
+    with pytest.raises(PipelineError, match=r"has no section for bench/cuda.json"):
+        bench_page.publish(run_file, page)

@@ -53,3 +53,12 @@ def test_the_anchor_rule_matches_githubs():
     page = REPO / "docs" / "results.md"
     assert "pascal-voc-2012-published-references" in anchors(page)
     assert "what-a-real-run-costs-make-rehearse" in anchors(page)
+
+
+def test_the_performance_pages_bench_sections_are_what_their_results_render():
+    from devtools import bench_page
+
+    page = REPO / "docs" / "performance.md"
+    assert bench_page.SECTION.search(page.read_text()), "the page has no generated bench section"
+    assert bench_page.render(page.read_text(), page.parent) == page.read_text(), (
+        "docs/performance.md differs from its results files: run python -m tools.bench_page")

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.models import ResNet18_Weights, mobilenet_v3_large, resnet18
+from torchvision.models import ResNet18_Weights, mobilenet_v3_large, resnet18, resnet50
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pipeline.core.errors import PipelineError
 from pipeline.models import build, set_batchnorm_momentum, zero_init_residual
 from pipeline.models.deeplab import TORCHVISION as TORCHVISION_DEEPLAB
 from pipeline.models.deeplab import AtrousConv2d, DeepLab
+from pipeline.models.deeplabv3plus import DeepLabV3Plus
 from pipeline.models.fcn import BlockConvTranspose2d, FCN8s, FCN32s
 from pipeline.models.unet import UNet
 from pipeline.models.weights import file_sha256, hub_path
@@ -34,11 +36,14 @@ CASES = {
     "deeplab-resnet18-os16": ("deeplab", {"backbone": "resnet18", "output_stride": 16}),
     "deeplab-mobilenet": ("deeplab", {"backbone": "mobilenet_v3_large"}),
     "deeplab-resnet50": ("deeplab", {"backbone": "resnet50"}),
+    "deeplabv3plus-resnet18": ("deeplabv3plus", {"backbone": "resnet18"}),
+    "deeplabv3plus-resnet50": ("deeplabv3plus", {"backbone": "resnet50"}),
 }
-WITH_AUX = {"deeplab-mobilenet", "deeplab-resnet50"}  # aux_loss defaults to true for these backbones
+# aux_loss defaults to true for these backbones
+WITH_AUX = {"deeplab-mobilenet", "deeplab-resnet50", "deeplabv3plus-resnet50"}
 # ResNet-50 at output stride 8 takes seconds per 320×480 batch on one core; at the large sizes its shapes are
 # computed on the meta device, which runs the same shape logic without arithmetic.
-HEAVY = {"deeplab-resnet50"}
+HEAVY = {"deeplab-resnet50", "deeplabv3plus-resnet50"}
 SIZES = [(320, 480), (333, 497), (64, 64)]
 
 
@@ -106,6 +111,65 @@ def test_deeplab_resnet18_at_output_stride_16_dilates_layer4_only():
         assert backbone(torch.randn(1, 3, 64, 96))["out"].shape == (1, 512, 4, 6)
     assert conv_dilations(backbone.layer3) == {(1, 1)}
     assert conv_dilations(backbone.layer4) == {(2, 2)}
+
+
+# --- DeepLabV3+: the decoder reads the stride-4 features ---------------------------------------------------
+
+def captured_inputs(module: nn.Module, model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    seen = []
+    handle = module.register_forward_hook(lambda _module, inputs, _output: seen.append(inputs))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_deeplabv3plus_encodes_at_its_output_stride_and_decodes_at_stride_4(output_stride):
+    model = build("deeplabv3plus", backbone="resnet18", output_stride=output_stride).eval()
+    x = torch.randn(1, 3, 97, 131)  # odd sizes: every stride rounds up, as the convolutions do
+    with torch.no_grad():
+        features = model.backbone(x)
+    assert features["low"].shape == (1, 64, 25, 33)  # layer1: stride 4
+    assert features["out"].shape[-2:] == ((7, 9) if output_stride == 16 else (13, 17))
+    low_level, encoded = captured_inputs(model.decoder, model, x)
+    assert torch.equal(low_level, features["low"])
+    (fused,) = captured_inputs(model.decoder.fuse, model, x)
+    assert fused.shape == (1, 256 + 48, 25, 33)  # ASPP's output upsampled to stride 4 beside the 48-channel projection
+    rates = {module.dilation for module in model.aspp.modules() if isinstance(module, AtrousConv2d)}
+    assert rates == ({(6, 6), (12, 12), (18, 18)} if output_stride == 16 else {(12, 12), (24, 24), (36, 36)})
+
+
+def test_deeplabv3plus_scores_depend_on_the_stride_4_features():
+    """Changing only layer1's output (the encoder's input from it left as it was) changes the scores: the
+    decoder's path from the stride-4 features is live, not a decoration."""
+    torch.manual_seed(0)
+    model = build("deeplabv3plus", backbone="resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features = model.backbone(x)
+        encoded = model.aspp(features["out"])
+        scores = model.decoder(features["low"], encoded)
+        shifted = model.decoder(features["low"] + torch.randn_like(features["low"]), encoded)
+        torch.testing.assert_close(F.interpolate(scores, size=(64, 64), mode="bilinear", align_corners=False),
+                                   model(x))
+    assert scores.shape == (1, 21, 16, 16)
+    assert (scores - shifted).abs().mean() > 1e-3
+
+
+def test_deeplabv3plus_backbone_holds_torchvisions_resnet50_keys():
+    """The dilated ResNet-50 under the decoder has torchvision's state-dict keys and shapes (so ImageNet files load),
+    and the auxiliary head reads layer3."""
+    model = build("deeplabv3plus", backbone="resnet50")
+    reference = {key: value.shape for key, value in resnet50().state_dict().items() if not key.startswith("fc.")}
+    assert {key: value.shape for key, value in model.backbone.state_dict().items()} == reference
+    assert model.aux_classifier[0].in_channels == 1024 and model.decoder.project[0].in_channels == 256
+
+
+def test_deeplabv3plus_loads_local_resnet18_weights(resnet18_file):
+    path, state = resnet18_file
+    model = build("deeplabv3plus", backbone="resnet18", pretrained=str(path), weights_sha256=file_sha256(path))
+    assert_backbone_holds(model.backbone, state, prefix="", skip="fc.")
 
 
 # --- DeepLab: atrous convolutions that skip the taps outside the map ------------------------------------------
@@ -301,7 +365,8 @@ def test_every_resnet_block_starts_as_its_shortcut():
     for key, value in built.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
 
-    for case, blocks in [("fcn8s", 16), ("deeplab-resnet18-os16", 8), ("deeplab-resnet50", 16)]:
+    for case, blocks in [("fcn8s", 16), ("deeplab-resnet18-os16", 8), ("deeplab-resnet50", 16),
+                         ("deeplabv3plus-resnet18", 8), ("deeplabv3plus-resnet50", 16)]:
         last_norms = [module.bn3 if isinstance(module, Bottleneck) else module.bn2
                       for module in cached_model(case, "cpu").modules() if isinstance(module, BasicBlock | Bottleneck)]
         assert len(last_norms) == blocks and all(norm.weight.count_nonzero() == 0 for norm in last_norms)
@@ -412,13 +477,14 @@ def test_weights_of_another_network_are_refused(tmp_path):
 @pytest.mark.parametrize("name,options,cls", [
     ("FCN", {}, FCN32s), ("Fcn", {"variant": "fcn8s"}, FCN8s), ("Unet", {"width": 4}, UNet),
     ("UNET", {"width": 4}, UNet), ("Deeplab", {"backbone": "resnet18"}, DeepLab),
+    ("DeepLabV3Plus", {"backbone": "resnet18"}, DeepLabV3Plus),
 ])
 def test_names_are_case_insensitive(name, options, cls):
     assert type(build(name, **options)) is cls
 
 
 @pytest.mark.parametrize("name,options,message", [
-    ("segformer", {}, "unknown model 'segformer': must be one of fcn, unet, deeplab"),
+    ("segformer", {}, "unknown model 'segformer': must be one of fcn, unet, deeplab, deeplabv3plus"),
     ("fcn", {"variant": "x"}, "models.fcn.options.variant: must be one of fcn32s, fcn8s, got 'x'"),
     ("deeplab", {"aux_loss": "yes"}, "models.deeplab.options.aux_loss: must be true or false, got 'yes'"),
 ])  # every other option message: tests/test_params.py, through the same schema

@@ -30,7 +30,7 @@ def with_change(path: str, value, *, delete: bool = False) -> dict:
 
 def test_the_committed_params_and_the_demo_overrides_are_valid():
     config = params.load(REPO / "params.yaml")
-    assert list(config.models) == ["fcn", "unet", "deeplab"]
+    assert list(config.models) == ["fcn", "unet", "deeplab", "deeplabv3plus"]
     assert config.train_for("unet").lr == 0.05 and config.train_for("fcn").lr == config.train.lr
     assert config.data.md5 == "6cd6e144f989b92b3379bac3b3de84fd" and config.data.size == 1_999_639_040
     from devtools.demo import merge_overrides
@@ -55,7 +55,8 @@ def test_the_committed_params_and_the_demo_overrides_are_valid():
     ("data.md5", "abc", "data.md5: must be 32 lowercase hex digits, got 'abc'"),
     ("data.urls", [], "data.urls: list at least one URL"),
     ("data.urls", "http://x", "data.urls: must be a list"),
-    ("models.fcn.architecture", "segformer", "models.fcn.architecture: must be one of fcn, unet, deeplab"),
+    ("models.fcn.architecture", "segformer",
+     "models.fcn.architecture: must be one of fcn, unet, deeplab, deeplabv3plus"),
     ("models.unet.train", {"lr": 0}, "models.unet.train.lr: must be > 0, got 0"),
     ("models.unet.train", {"epoch": 3}, "models.unet.train.epoch: unknown key"),
     ("render.ids", [2007000033], "render.ids[0]: must be a non-empty string, got 2007000033"),
@@ -81,7 +82,8 @@ def test_missing_required_key_and_unknown_section():
 def test_unknown_model_name_lists_the_models():
     config = params.load(REPO / "params.yaml")
     assert config.model_key("FCN") == "fcn" and config.model_key("Deeplab") == "deeplab"
-    with pytest.raises(PipelineError, match=r"unknown model 'segformer': params.yaml lists fcn, unet, deeplab"):
+    with pytest.raises(PipelineError,
+                       match=r"unknown model 'segformer': params.yaml lists fcn, unet, deeplab, deeplabv3plus"):
         config.model_key("segformer")
 
 
@@ -109,6 +111,10 @@ def test_unknown_model_name_lists_the_models():
     ("deeplab", {"output_stride": 16}, "models.deeplab.options.output_stride: only the resnet18 backbone takes it"),
     ("deeplab", {"backbone": "resnet18", "output_stride": 32},
      "models.deeplab.options.output_stride: must be one of 8, 16, got 32"),
+    ("deeplabv3plus", {"backbone": "mobilenet_v3_large"},
+     "models.deeplabv3plus.options.backbone: must be one of resnet50, resnet101, resnet18, got 'mobilenet_v3_large'"),
+    ("deeplabv3plus", {"output_stride": 32},
+     "models.deeplabv3plus.options.output_stride: must be one of 8, 16, got 32"),
 ])
 def test_bad_model_options_are_one_line_errors_when_params_load(model, options, message):
     with pytest.raises(PipelineError) as error:
@@ -124,6 +130,10 @@ def test_model_options_are_typed_with_their_defaults():
     assert config.model("unet").options == params.UNetOptions(width=64, upsampling="bilinear")
     assert params.model_options("Deeplab", {}) == params.DeepLabOptions(backbone="resnet50", aux_loss=True)
     assert params.model_options("FCN", {}) == params.FCNOptions(variant="fcn32s", pretrained="none")
+    assert config.model("deeplabv3plus").options == params.DeepLabV3PlusOptions(
+        backbone="resnet50", output_stride=16, aux_loss=True, pretrained="imagenet")
+    assert params.model_options("deeplabv3plus", {"backbone": "resnet18"}).aux_loss is False
+    assert params.model_options("deeplabv3plus", {"backbone": "resnet18"}).summary == "resnet18-os16"
 
 
 def test_loading_params_imports_no_model_code():

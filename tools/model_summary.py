@@ -24,6 +24,10 @@ VARIANTS = [
     ("deeplab", "mobilenet_v3_large + aux", {"backbone": "mobilenet_v3_large"}),
     ("deeplab", "resnet50 + aux", {"backbone": "resnet50"}),
     ("deeplab", "resnet101 + aux", {"backbone": "resnet101"}),
+    ("deeplabv3plus", "resnet18, output stride 16", {"backbone": "resnet18"}),
+    ("deeplabv3plus", "resnet50 + aux, output stride 16", {"backbone": "resnet50"}),
+    ("deeplabv3plus", "resnet50 + aux, output stride 8", {"backbone": "resnet50", "output_stride": 8}),
+    ("deeplabv3plus", "resnet101 + aux, output stride 16", {"backbone": "resnet101"}),
 ]
 
 

@@ -158,8 +158,31 @@ class DeepLabOptions:
         return self.backbone + (f"-os{self.output_stride}" if self.output_stride else "")
 
 
-ModelOptions = FCNOptions | UNetOptions | DeepLabOptions
-OPTIONS_BY_ARCHITECTURE: dict[str, type] = {"fcn": FCNOptions, "unet": UNetOptions, "deeplab": DeepLabOptions}
+@dataclass(frozen=True)
+class DeepLabV3PlusOptions:
+    """`models.<name>.options` of a DeepLabV3+: a dilated ResNet, ASPP and the stride-4 decoder. `aux_loss` (an
+    FCN head on layer3, weight 0.4) defaults to on for resnet50 and resnet101, as in mmsegmentation's recipe."""
+
+    backbone: Literal["resnet50", "resnet101", "resnet18"] = "resnet50"
+    output_stride: Literal[8, 16] = 16
+    aux_loss: bool | None = None
+    pretrained: str = field(default="none", metadata={"doc": "imagenet, none or the path of a weights file"})
+    weights_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.aux_loss is None:
+            object.__setattr__(self, "aux_loss", self.backbone != "resnet18")
+        _check_weights_source(self.pretrained, self.weights_sha256)
+
+    @property
+    def summary(self) -> str:
+        """For run names: `resnet50-os16`."""
+        return f"{self.backbone}-os{self.output_stride}"
+
+
+ModelOptions = FCNOptions | UNetOptions | DeepLabOptions | DeepLabV3PlusOptions
+OPTIONS_BY_ARCHITECTURE: dict[str, type] = {"fcn": FCNOptions, "unet": UNetOptions, "deeplab": DeepLabOptions,
+                                            "deeplabv3plus": DeepLabV3PlusOptions}
 
 
 def model_options(architecture: str, raw: Any, where: str = "options") -> ModelOptions:
@@ -175,7 +198,7 @@ def model_options(architecture: str, raw: Any, where: str = "options") -> ModelO
 class ModelParams:
     """One entry of `models`: which architecture, its typed constructor options, and its training overrides."""
 
-    architecture: Literal["fcn", "unet", "deeplab"]
+    architecture: Literal["fcn", "unet", "deeplab", "deeplabv3plus"]
     options: ModelOptions | dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -221,7 +244,7 @@ class Params:
 
     def __post_init__(self) -> None:
         if not self.models:
-            raise PipelineError("models: at least one model must be listed (e.g. fcn, unet, deeplab)")
+            raise PipelineError("models: at least one model must be listed (e.g. fcn, unet, deeplab, deeplabv3plus)")
         if not re.fullmatch(r"[0-9a-f]{32}", self.data.md5):
             raise PipelineError(f"data.md5: must be 32 lowercase hex digits, got {self.data.md5!r}")
         if not self.data.urls:

@@ -1,11 +1,13 @@
-"""The model registry: `build(architecture, options)` for fcn, unet and deeplab.
+"""The model registry: `build(architecture, options)` for fcn, unet, deeplab (V3) and deeplabv3plus.
 
-Options are the typed `pipeline.core.params` objects (`FCNOptions`, `UNetOptions`, `DeepLabOptions`), checked when
+Options are the typed `pipeline.core.params` objects (`FCNOptions`, `UNetOptions`, `DeepLabOptions`,
+`DeepLabV3PlusOptions`), checked when
 params.yaml is loaded; `build("unet", width=4)` also takes plain keyword options and checks them the same way.
 Names are case-insensitive (the original tutorial's CLI says FCN, Unet, Deeplab).
 
 Forward contract of every model: an ImageNet-normalised N×3×H×W float batch of any H, W → N×C×H×W logits.
-In training, a model with an auxiliary head (DeepLab with aux_loss) returns {"out": logits, "aux": logits}.
+In training, a model with an auxiliary head (DeepLab or DeepLabV3+ with aux_loss) returns {"out": logits,
+"aux": logits}.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import NUM_CLASSES
-from pipeline.core.params import DeepLabOptions, FCNOptions, ModelOptions, UNetOptions, model_options
+from pipeline.core.params import (
+    DeepLabOptions,
+    DeepLabV3PlusOptions,
+    FCNOptions,
+    ModelOptions,
+    UNetOptions,
+    model_options,
+)
 from pipeline.models import weights
 from pipeline.models.deeplab import deeplabv3
+from pipeline.models.deeplabv3plus import deeplabv3plus
 from pipeline.models.fcn import FCN8s, FCN32s
 from pipeline.models.unet import UNet
 
@@ -43,6 +53,8 @@ def build(architecture: str, options: ModelOptions | None = None, *, num_classes
         model = FCN_VARIANTS[options.variant](num_classes)
     elif isinstance(options, DeepLabOptions):
         model = deeplabv3(options.backbone, num_classes, options.aux_loss, options.output_stride)
+    elif isinstance(options, DeepLabV3PlusOptions):
+        model = deeplabv3plus(options.backbone, num_classes, options.aux_loss, options.output_stride)
     else:
         raise TypeError(f"not model options: {options!r}")
     zero_init_residual(model)
