@@ -28,7 +28,8 @@ def section_body(results_file: Path, shown_as: str) -> str:
     """The generated markdown for one results file (`shown_as`: its path as the page links it)."""
     if not results_file.is_file():
         return (f"Not measured yet: no single run has written `{shown_as}`. `make bench-page` after `make bench`\n"
-                "on such a device fills this section.\n")
+                "on such a device fills this section (on a GPU, `bash devtools/gpu_session.sh` runs both and the\n"
+                "rehearsal of every model).\n")
     results = json.loads(results_file.read_text())
     device = results["device"]
     seconds = results.get("seconds", {})

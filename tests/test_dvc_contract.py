@@ -127,3 +127,13 @@ def test_paths_passed_are_the_declared_inputs_and_outputs_and_the_layout_default
         model_paths = vars(layout.model_paths(argv[argv.index("--model") + 1]))
         defaults = {k: model_paths.get(k, v) if v is None else v for k, v in defaults.items()}
     assert given == defaults, f"{name}: dvc.yaml's paths differ from pipeline/core/layout.py's"
+
+
+def test_history_plots_draw_every_model():
+    # DVC expands `foreach` in stages only: the top-level plots name each model's history file by hand.
+    definition = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
+    expected = {f"metrics/train/{key}.csv" for key in models}
+    for plot in definition["plots"]:
+        (title, spec), = plot.items()
+        assert set(spec["y"]) == expected, f"dvc.yaml's plot {title!r} draws {sorted(spec['y'])}"

@@ -3,6 +3,7 @@ regenerate every bench section of docs/performance.md from the files they name.
 
     python -m tools.bench_page [--results bench/results.json] [--page docs/performance.md]
     python -m tools.bench_page --check      # exit 2 if the page is not what its results files render
+    python -m tools.bench_page --refresh    # regenerate the page from the committed results files only
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("bench/results.json"))
     parser.add_argument("--page", type=Path, default=Path("docs/performance.md"))
     parser.add_argument("--check", action="store_true", help="only check that the page is up to date")
+    parser.add_argument("--refresh", action="store_true", help="regenerate the page from docs/bench/*.json only")
     args = parser.parse_args()
+    rendered = bench_page.render(args.page.read_text(), args.page.parent)
     if args.check:
-        if bench_page.render(args.page.read_text(), args.page.parent) != args.page.read_text():
+        if rendered != args.page.read_text():
             raise PipelineError(f"{args.page} differs from what its results files render; run python -m "
-                                f"tools.bench_page --results <results.json> (or with the committed results only)")
+                                f"tools.bench_page --refresh")
         print(f"{args.page}: up to date with its results files")
+        return
+    if args.refresh:
+        bench_page.write_text(args.page, rendered)
+        print(f"{args.page} regenerated from its results files")
         return
     if not args.results.is_file():
         raise PipelineError(f"{args.results} not found; run `make bench` first")
