@@ -12,7 +12,8 @@ Four measurements, each returning plain (JSON-ready) dicts:
             runtime policy the evaluate stage uses: img/s = 1 / median image time, and peak memory
 
 Then `comparisons` (devtools/comparisons.py): the same paths against what a user would otherwise run, as
-ratios measured side by side in the same run.
+ratios measured side by side in the same run; on the CPU, where onnxruntime is installed, `onnxruntime`: each
+evaluation row's network exported as the export stage exports it and run by ONNX Runtime on the same image.
 
 Step counts adapt to the machine: timed steps run until `budget_s` seconds are spent, at least `min_steps` and
 at most `max_steps` of them, so a fast model is timed over many steps and a slow one (U-Net width 64, DeepLab
@@ -33,6 +34,8 @@ import ctypes
 import dataclasses
 import datetime
 import gc
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import platform
@@ -52,7 +55,7 @@ from torch.utils.data import DataLoader
 from devtools import comparisons
 from devtools.synthetic import write_voc_tar
 from pipeline.core import runtime
-from pipeline.core.params import TrainParams
+from pipeline.core.params import ExportParams, TrainParams
 from pipeline.evaluation.predict import predict
 from pipeline.ingest.prepare import prepare
 from pipeline.models import build
@@ -153,6 +156,11 @@ TARGETS: dict[str, dict[str, dict[str, float]]] = {
         "comparisons/confusion_bincount_over_torchmetrics": {"min": 0.45},
         # The loader must outrun the step (it does by hundreds of times on the CPU).
         **_per_model("comparisons/loader_over_train_step", "min", dict.fromkeys(VARIANTS, 1.0)),
+        # ONNX Runtime 1.31 over PyTorch on one 375×500 image, measured 0.63, 0.81, 1.23, 0.79, 1.05 and 0.96 (2-core
+        # Intel Xeon, 2026-12-04): a regression of the export's graph or of ORT's session settings shows here.
+        **_per_model("comparisons/onnxruntime_over_pytorch", "min", {
+            "fcn32s": 0.3, "unet-16": 0.4, "unet-64": 0.6, "deeplab-mobilenet_v3_large": 0.4,
+            "deeplab-resnet50+aux": 0.5, "deeplabv3plus-resnet50+aux": 0.5}),
     },
     # Half of what two NVIDIA H200 sessions measured (torch 2.11, cuDNN 9.19; 2026-11-26 and -27). The first:
     # every train and evaluate row, step ratios FCN-32s 1.18, U-Net-16 1.96, U-Net-64 2.09, FLOP utilisation
@@ -298,6 +306,35 @@ def bench_evaluate(name: str, settings: Settings, device: torch.device) -> dict:
             "images_per_second": _round(1 / median), **memory.result}
 
 
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None
+
+
+def bench_onnxruntime(name: str, settings: Settings, workdir: Path) -> dict:
+    """The evaluation row's network exported as the export stage exports it and run by ONNX Runtime on the CPU,
+    on the same image through the same `predict`."""
+    from pipeline.export.onnx_export import export_onnx
+    from pipeline.export.onnx_model import OnnxModel
+
+    architecture, options = settings.variants[name]
+    torch.manual_seed(settings.seed)
+    image = torch.randint(0, 256, (3, *settings.eval_size), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(settings.seed))
+    path = workdir / f"{name}.onnx"
+    started = time.perf_counter()
+    export_onnx(build(architecture, **options).eval(), path, ExportParams().opset)
+    export_seconds = time.perf_counter() - started
+    model = OnnxModel(path)
+    policy = runtime.resolve("cpu", network=model)
+    times = _timed(lambda: predict(model, image, policy), settings.eval_warmup, settings.min_steps,
+                   settings.max_steps, settings.budget_s)
+    path.unlink()
+    median = statistics.median(times)
+    return {"size": list(settings.eval_size), "export_seconds": _round(export_seconds), "images": len(times),
+            "median_image_seconds": _round(median), "images_per_second": _round(1 / median),
+            "onnxruntime": importlib.metadata.version("onnxruntime")}
+
+
 def run(workdir: Path, device: torch.device, settings: Settings | None = None) -> dict:
     """Every measurement on `device`, with generated data written under `workdir`; the results as one dict."""
     settings = settings or settings_for(device)
@@ -330,6 +367,13 @@ def run(workdir: Path, device: torch.device, settings: Settings | None = None) -
         log.info("evaluate %s: %s img/s", name, results["evaluate"][name]["images_per_second"])
     timings["train and evaluate"] = _round(time.perf_counter() - started - sum(timings.values()))
     ratios, details = comparisons.run(voc_root, prepared, samples, settings, device)
+    if device.type == "cpu" and onnxruntime_available():  # the GPU machines have no onnxruntime
+        results["onnxruntime"] = {}
+        for name in settings.variants:
+            results["onnxruntime"][name] = bench_onnxruntime(name, settings, workdir)
+            log.info("onnxruntime %s: %s img/s", name, results["onnxruntime"][name]["images_per_second"])
+        ratios["onnxruntime_over_pytorch"] = {name: row["images_per_second"] / results["evaluate"][name][
+            "images_per_second"] for name, row in results["onnxruntime"].items()}
     # Can the loader feed the step? Its best samples/s over the step's img/s: below 1, training waits for data.
     loader = max(row["samples_per_second"] for row in results["loader"].values())
     ratios["loader_over_train_step"] = {name: loader / row["images_per_second"]
@@ -432,6 +476,15 @@ def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
                        f"{target(f'evaluate/{name}/peak_memory_mb')} |")
         out += ["", f"Peak memory: the extra memory at the peak over the measurement's start, model included "
                 f"({first['memory_method']})."]
+    if results.get("onnxruntime"):
+        first = next(iter(results["onnxruntime"].values()))
+        out += ["", f"**ONNX Runtime** {first['onnxruntime']}: the same image through `predict`, the network exported "
+                f"as `export@<model>` exports it, on the CPU, beside PyTorch's evaluation row ({host})", "",
+                "| model | ONNX Runtime img/s | median image (s) | PyTorch img/s | export (s) |",
+                "|---|---:|---:|---:|---:|"]
+        for name, row in results["onnxruntime"].items():
+            out.append(f"| {name} | {row['images_per_second']:.2f} | {row['median_image_seconds']:.3f} | "
+                       f"{results['evaluate'][name]['images_per_second']:.2f} | {row['export_seconds']:.1f} |")
     if results.get("comparisons"):
         out += ["", f"**side by side**: the project over what a user would otherwise run, same data, same run "
                 f"(above 1: the project is faster; {on})", "", "| comparison | case | ratio | target |",

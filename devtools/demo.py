@@ -92,8 +92,9 @@ def run(*, tar: Path, images: tuple[int, int], sizes: tuple[int, int], sbd_tgz: 
 
     scores = {name: json.loads(Path(f"metrics/{name}.json").read_text())["miou"] for name in demo_params.models}
     print("\nval mIoU on the generated data:")
+    width = max(map(len, scores), default=0) + 1
     for name, miou in scores.items():
-        print(f"  {name:10s} {miou:.3f}{'' if miou >= min_miou else f'   BELOW {min_miou}'}")
+        print(f"  {name:{width}s} {miou:.3f}{'' if miou >= min_miou else f'   BELOW {min_miou}'}")
     failed = [name for name, miou in scores.items() if not miou >= min_miou]
     if failed:
         raise PipelineError(f"demo models below val mIoU {min_miou}: {', '.join(failed)} (see metrics/<model>.json)")

@@ -1,5 +1,6 @@
 """DVC stage `evaluate@<model>`: full-resolution val inference → metrics, per-class and confusion tables,
-and the VOC-format palette PNG of every prediction; in MLflow, the scores and the served model, registered.
+and the VOC-format palette PNG of every prediction; in MLflow, the scores and the served model (with the export's
+model.onnx), registered.
 
     python -m stages.evaluate --model deeplab [--device cuda:0]
 """
@@ -7,6 +8,8 @@ and the VOC-format palette PNG of every prediction; in MLflow, the scores and th
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 from pathlib import Path
 
 from pipeline.core import layout, runtime
@@ -21,7 +24,8 @@ from pipeline.serving.package import save_served_model
 from pipeline.tracking.registry import CHAMPION, registered_name, version_tags
 from pipeline.tracking.runs import provenance_tags, resume_training_run
 
-PATHS = ("model_file", "run_file", "predictions", "metrics", "per_class", "confusion", "speed")
+log = logging.getLogger("stages.evaluate")
+PATHS = ("model_file", "onnx_file", "run_file", "predictions", "metrics", "per_class", "confusion", "speed")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     write_text(paths.confusion, csv_text(result.confusion, ("truth", "prediction", "pixels")))
     tracker = resume_training_run(paths.run_file, params.tracking.experiment, key)
     log_evaluation(tracker, result)
-    tracker.log_model(paths.model_file, save_served_model)  # the version registered below serves this model.pt
+    # The version registered below serves this model.pt and carries its ONNX export (`dvc repro` always has it).
+    onnx_file = paths.onnx_file if paths.onnx_file.is_file() else None
+    if onnx_file is None:
+        log.warning("%s not found: the served model carries no ONNX export (python -m stages.export --model %s "
+                    "writes it)", paths.onnx_file, key)
+    tracker.log_model(paths.model_file, functools.partial(save_served_model, onnx_file=onnx_file))
     version = tracker.register_model(registered_name(key),
                                      version_tags(result.metrics["miou"], provenance_tags(str(args.prepared))))
     tracker.close()

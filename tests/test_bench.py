@@ -62,7 +62,8 @@ def test_every_target_names_a_measured_metric():
     cases = {"loader_project_over_torchvision": loaders, "train_step_project_over_plain_fp32": set(bench.VARIANTS),
              "flop_utilisation": set(bench.VARIANTS), "evaluate_project_over_autotuned": set(bench.VARIANTS),
              "train_step_compiled_over_eager": set(bench.CUDA.compile_variants),
-             "confusion_bincount_over_torchmetrics": {None}, "loader_over_train_step": set(bench.VARIANTS)}
+             "confusion_bincount_over_torchmetrics": {None}, "loader_over_train_step": set(bench.VARIANTS),
+             "onnxruntime_over_pytorch": set(bench.VARIANTS)}
     for targets in bench.TARGETS.values():
         for path, target in targets.items():
             section, key, *name = path.split("/")
@@ -76,7 +77,12 @@ def test_every_target_names_a_measured_metric():
 def test_comparisons_are_ratios_of_measurements_taken_side_by_side(results):
     ratios, details = results["comparisons"], results["comparison_details"]
     assert set(ratios) == {"loader_project_over_torchvision", "train_step_project_over_plain_fp32",
-                           "confusion_bincount_over_torchmetrics", "loader_over_train_step"}  # the rest: CUDA only
+                           "confusion_bincount_over_torchmetrics", "loader_over_train_step",
+                           "onnxruntime_over_pytorch"}  # the rest: CUDA only
+    onnx = results["onnxruntime"]["unet-4"]
+    assert ratios["onnxruntime_over_pytorch"]["unet-4"] == pytest.approx(
+        onnx["images_per_second"] / results["evaluate"]["unet-4"]["images_per_second"], rel=1e-3)
+    assert onnx["size"] == results["evaluate"]["unet-4"]["size"] and onnx["export_seconds"] > 0
     best_loader = max(row["samples_per_second"] for row in results["loader"].values())
     assert ratios["loader_over_train_step"]["unet-4"] == pytest.approx(
         best_loader / results["train"]["unet-4"]["images_per_second"], rel=1e-3)
@@ -93,6 +99,7 @@ def test_comparisons_are_ratios_of_measurements_taken_side_by_side(results):
                                        *ratios["loader_project_over_torchvision"].values()))
     table = bench.markdown(results, bench.TARGETS["cpu"])
     assert "| loader_project_over_torchvision | workers=0 |" in table and "≥ 1.2" in table
+    assert "**ONNX Runtime**" in table and "| onnxruntime_over_pytorch | unet-4 |" in table
 
 
 def test_the_torchvision_alternative_yields_what_the_project_trains_on(tmp_path):

@@ -213,9 +213,13 @@ def stale_stages(project: Path) -> set[str]:
      {"render@fcn", "compare"}),
     # The served model's request decoding is no stage's dependency.
     ("pipeline/serving/service.py", "base64-encoded", "base64 encoded", set()),
-    # The network itself: every model is trained and evaluated again (render follows once their outputs change).
-    ("pipeline/models/fcn.py", "class FCN32s(", "class FCN32s(  # edited\n", {"train@fcn", "evaluate@fcn"}),
-], ids=["overlay colour", "history figure", "request decoding", "model code"])
+    # The exporter: the export alone (evaluate follows only if model.onnx comes out different); nothing retrains.
+    ("pipeline/export/onnx_export.py", "IMAGES_PER_SIZE = 2", "IMAGES_PER_SIZE = 2  # edited", {"export@fcn"}),
+    # The network itself: every model is trained, exported and evaluated again (render follows once their outputs
+    # change).
+    ("pipeline/models/fcn.py", "class FCN32s(", "class FCN32s(  # edited\n",
+     {"train@fcn", "export@fcn", "evaluate@fcn"}),
+], ids=["overlay colour", "history figure", "request decoding", "exporter", "model code"])
 def test_c_an_edit_reruns_only_the_stages_whose_outputs_it_can_change(team_project, edited, old, new, stale):
     path = team_project / edited
     original = path.read_text()

@@ -3,6 +3,7 @@
     python -m tools.predict --model deeplab photos/*.jpg --out out/
     python -m tools.predict -m Deeplab 'photos/**/*.png' --out out/
     python -m tools.predict --model-uri runs:/<run id>/model img.jpg --out out/
+    python -m tools.predict --model deeplab --runtime onnxruntime photos/*.jpg --out out/   # models/deeplab/model.onnx
 
 Writes <name>.png (palette PNG, VOC colours, pixel value = class id) and <name>_overlay.png per image.
 """
@@ -17,9 +18,12 @@ from pipeline.core import runtime
 from pipeline.core.cli import model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import load
+from pipeline.export.onnx_model import OnnxModel
 from pipeline.models.saved import load_model
 from pipeline.serving.predict_files import expand, segment_files
 from pipeline.tracking.runs import download_logged_model
+
+ONNX_FILE = "model.onnx"  # beside model.pt, in models/<key>/ and in a logged served model's artifacts/
 
 
 def main() -> int:
@@ -27,20 +31,36 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-m", "--model", help="trained model name: loads models/<name>/model.pt (the DVC output)")
     parser.add_argument("--model-file", type=Path, help="with --model: another model file than models/<name>/model.pt")
+    parser.add_argument("--onnx-file", type=Path, help="with --model and --runtime onnxruntime: another ONNX file "
+                        "than models/<name>/model.onnx")
     source.add_argument("--model-uri", help="an MLflow model URI such as runs:/<run id>/model")
     parser.add_argument("images", nargs="+", help="image files or glob patterns")
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                        help="run the PyTorch model, or its checked ONNX export in ONNX Runtime (the export stage's "
+                        "model.onnx; CUDA when this onnxruntime has it and the device is a GPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     device = runtime.resolve_device(args.device)  # a device that is not there fails before any download
     paths = expand(args.images)
-    if args.model_uri:
-        with tempfile.TemporaryDirectory() as downloaded:
-            model = load_model(download_logged_model(args.model_uri, downloaded))
-    else:
-        key = load(args.params).model_key(args.model)
-        model = load_model(model_paths_from(args, key).model_file)
+    with tempfile.TemporaryDirectory() as downloaded:
+        if args.model_uri:
+            model_file = download_logged_model(args.model_uri, downloaded)
+            onnx_file = model_file.with_name(ONNX_FILE)
+        else:
+            files = model_paths_from(args, load(args.params).model_key(args.model))
+            model_file, onnx_file = files.model_file, files.onnx_file
+        if args.runtime == "torch":
+            model = load_model(model_file)
+        elif not onnx_file.is_file() and args.model_uri:
+            raise PipelineError(f"{args.model_uri}: holds no {ONNX_FILE} (logged before the export stage existed); "
+                                "use --runtime torch, or the URI of a model evaluated since")
+        elif not onnx_file.is_file():
+            raise PipelineError(f"{onnx_file}: not found; `dvc repro export@{args.model}` writes it, or use "
+                                "--runtime torch")
+        else:
+            model = OnnxModel(onnx_file, device)
     policy = runtime.resolve(device, network=model)
     failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy)
     print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")

@@ -39,6 +39,8 @@ class ModelPaths:
     confusion: Path  # confusion-matrix rows (DVC plots)
     speed: Path  # evaluation throughput and memory: varies run to run, so apart from `metrics`
     renders: Path  # panels of chosen and worst val images
+    onnx_file: Path  # the network as ONNX, checked against model_file (export → evaluate, predict)
+    export_report: Path  # that check: agreement and largest logit difference per size (DVC metrics)
 
 
 def model_paths(key: str, **overrides: Path | None) -> ModelPaths:
@@ -55,6 +57,8 @@ def model_paths(key: str, **overrides: Path | None) -> ModelPaths:
         confusion=Path("metrics") / key / "confusion.csv",
         speed=Path("metrics") / key / "speed.json",
         renders=Path("renders") / key,
+        onnx_file=Path("models") / key / "model.onnx",
+        export_report=Path("metrics") / key / "export.json",
     )
     given = {name: Path(value) for name, value in overrides.items() if value is not None}
     return dataclasses.replace(defaults, **given)

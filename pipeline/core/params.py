@@ -227,6 +227,20 @@ class RenderParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    opset: int = field(default=20, metadata=_range(18))
+    # [height, width] of the generated images each ONNX file is checked on against PyTorch
+    check_sizes: list[list[int]] = field(
+        default_factory=lambda: [[375, 500], [500, 333], [281, 500], [333, 427], [72, 88]])
+    min_agreement: float = field(default=0.999, metadata=_range(0, 1))
+
+    def __post_init__(self) -> None:
+        if not self.check_sizes or any(len(size) != 2 or min(size) < 16 for size in self.check_sizes):
+            raise PipelineError(f"export.check_sizes: must be a non-empty list of [height, width] pairs of at "
+                                f"least 16 pixels, got {self.check_sizes}")
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "voc-segmentation"
 
@@ -240,6 +254,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     render: RenderParams = field(default_factory=RenderParams)
+    export: ExportParams = field(default_factory=ExportParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ land on the feature map (see there).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet, resnet18
@@ -60,7 +61,8 @@ class AtrousConv2d(nn.Conv2d):
     only the centre row (or column) of the kernel sees data: the filter "degenerates to a 1×1 filter" (Chen et al.
     2017, §3.3). The outer taps then add exact zeros, and their gradients are exactly zero too, so skipping them
     changes nothing but the rounding, and the cost: ASPP's rates 6/12/18 reach past the demo's 6×6 maps, and
-    MobileNetV3's rate 36 past a 480 crop's 30×30 map. Larger maps take the full convolution."""
+    MobileNetV3's rate 36 past a 480 crop's 30×30 map. Larger maps take the full convolution, and so does an
+    exported graph (ONNX): it must hold for every input size, not only the example's."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         if (conv.kernel_size != (3, 3) or conv.padding != conv.dilation or conv.stride != (1, 1) or conv.groups != 1
@@ -75,7 +77,7 @@ class AtrousConv2d(nn.Conv2d):
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         height, width = input.shape[-2:]
         outside_rows, outside_columns = self.dilation[0] >= height, self.dilation[1] >= width
-        if not (outside_rows or outside_columns):
+        if torch.compiler.is_exporting() or not (outside_rows or outside_columns):
             return super()._conv_forward(input, weight, bias)
         if outside_rows:
             weight = weight[:, :, 1:2]

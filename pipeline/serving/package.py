@@ -1,5 +1,6 @@
-"""The served model's MLflow directory: `model.pt` (weights, loaded with `weights_only=True`), a copy of the
-`pipeline` package, and `served_model.py`, which MLflow runs to build the service ("models from code": no pickle).
+"""The served model's MLflow directory: `model.pt` (weights, loaded with `weights_only=True`), its checked ONNX
+export `model.onnx` (so a registered version carries it), a copy of the `pipeline` package, and `served_model.py`,
+which MLflow runs to build the service ("models from code": no pickle).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ PACKAGE = Path(__file__).resolve().parents[1]  # pipeline/
 ENTRY_POINT = Path(__file__).resolve().parent / "served_model.py"
 
 
-def save_served_model(model_file: str | Path, directory: str | Path) -> Path:
-    """Write the MLflow model directory for `model_file` (a `pipeline.models.saved.save_model` file) at `directory`."""
+def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: str | Path | None = None) -> Path:
+    """Write the MLflow model directory for `model_file` (a `pipeline.models.saved.save_model` file), with
+    `onnx_file` among its artefacts when given, at `directory`."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     signature = ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
                                outputs=Schema([ColSpec("string", OUTPUT_COLUMN)]))
+    artifacts = {"model": str(model_file), **({"onnx": str(onnx_file)} if onnx_file else {})}
     with tempfile.TemporaryDirectory() as scratch:
         code = Path(scratch) / PACKAGE.name  # the package without caches
         shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__"))
@@ -34,7 +37,7 @@ def save_served_model(model_file: str | Path, directory: str | Path) -> Path:
             # an example would make it run the model at save time.
             warnings.simplefilter("ignore", UserWarning)
             mlflow.pyfunc.save_model(
-                str(directory), python_model=str(ENTRY_POINT), artifacts={"model": str(model_file)},
+                str(directory), python_model=str(ENTRY_POINT), artifacts=artifacts,
                 code_paths=[str(code)], signature=signature,
                 # Stated, not inferred: inference would load the model in a subprocess at every save.
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
