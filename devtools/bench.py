@@ -30,12 +30,14 @@ higher); `memory_method` in the results says which was used.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import dataclasses
 import datetime
 import gc
 import importlib.metadata
 import importlib.util
+import io
 import logging
 import os
 import platform
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image as PILImage
 from torch.utils.data import DataLoader
 
 from devtools import comparisons
@@ -101,6 +104,9 @@ class Settings:
     confusion_images: int = 20  # predictions of eval_size accumulated per timed confusion-matrix pass
     comparison_eval_images: int = 60  # VOC-like sizes for the evaluation comparison (CUDA only)
     compile_variants: tuple[str, ...] = ()  # rows of `variants` whose step is also timed compiled (CUDA only)
+    served_variant: str = "fcn32s"  # the row of `variants` served for the load test (CPU, where mlflow is)
+    serving_clients: int = 8
+    serving_requests: int = 200
 
 
 CPU = Settings()
@@ -158,6 +164,9 @@ TARGETS: dict[str, dict[str, dict[str, float]]] = {
         **_per_model("comparisons/loader_over_train_step", "min", dict.fromkeys(VARIANTS, 1.0)),
         # ONNX Runtime 1.31 over PyTorch on one 375×500 image, measured 0.63, 0.81, 1.23, 0.79, 1.05 and 0.96 (2-core
         # Intel Xeon, 2026-12-04): a regression of the export's graph or of ORT's session settings shows here.
+        # Every answer of the load test must be tools.predict's mask; measured 5.9 requests/s while other work ran.
+        "serving/load/correct_share": {"min": 1.0},
+        "serving/load/requests_per_second": {"min": 2.5},
         **_per_model("comparisons/onnxruntime_over_pytorch", "min", {
             "fcn32s": 0.3, "unet-16": 0.4, "unet-64": 0.6, "deeplab-mobilenet_v3_large": 0.4,
             "deeplab-resnet50+aux": 0.5, "deeplabv3plus-resnet50+aux": 0.5}),
@@ -335,6 +344,39 @@ def bench_onnxruntime(name: str, settings: Settings, workdir: Path) -> dict:
             "onnxruntime": importlib.metadata.version("onnxruntime")}
 
 
+def bench_serving(workdir: Path, settings: Settings) -> dict:
+    """`mlflow models serve` of a served model directory (`save_served_model`, the default `serving` limits) on a
+    free loopback port, loaded by `serving_clients` threads with `serving_requests` one-row requests of VOC-sized
+    JPEGs; every answer checked against the mask the same code computes in this process."""
+    from devtools import serving_load
+    from pipeline.core.params import ServingParams, model_options
+    from pipeline.models.saved import load_model, save_model
+    from pipeline.serving.package import save_served_model
+    from pipeline.serving.service import segment_encoded
+
+    architecture, options = settings.variants[settings.served_variant]
+    torch.manual_seed(settings.seed)
+    save_model(workdir / "served.pt", build(architecture, **options), architecture=architecture,
+               options=model_options(architecture, options), num_classes=21)
+    save_served_model(workdir / "served.pt", workdir / "served", limits=ServingParams())
+    rng = torch.Generator().manual_seed(settings.seed)
+    images = []
+    for height, width in ((375, 500), (500, 333), (281, 500), (500, 375)):
+        pixels = torch.randint(0, 256, (height // 25, width // 25, 3), dtype=torch.uint8, generator=rng).numpy()
+        buffer = io.BytesIO()
+        PILImage.fromarray(pixels).resize((width, height), PILImage.Resampling.BILINEAR).save(buffer, format="JPEG")
+        images.append(buffer.getvalue())
+    model = load_model(workdir / "served.pt").eval()
+    policy = runtime.resolve("cpu", network=model)
+    masks = [base64.b64decode(segment_encoded(model, policy, [base64.b64encode(image).decode()])[0])
+             for image in images]
+    with serving_load.served(workdir / "served", workdir) as url:
+        load = serving_load.run(url, images, masks, clients=settings.serving_clients,
+                                requests=settings.serving_requests)
+    return {"model": settings.served_variant, "sizes": [[375, 500], [500, 333], [281, 500], [500, 375]], **load,
+            "correct_share": load["correct"] / load["requests"]}
+
+
 def run(workdir: Path, device: torch.device, settings: Settings | None = None) -> dict:
     """Every measurement on `device`, with generated data written under `workdir`; the results as one dict."""
     settings = settings or settings_for(device)
@@ -374,6 +416,9 @@ def run(workdir: Path, device: torch.device, settings: Settings | None = None) -
             log.info("onnxruntime %s: %s img/s", name, results["onnxruntime"][name]["images_per_second"])
         ratios["onnxruntime_over_pytorch"] = {name: row["images_per_second"] / results["evaluate"][name][
             "images_per_second"] for name, row in results["onnxruntime"].items()}
+    if device.type == "cpu" and importlib.util.find_spec("mlflow") is not None:  # the GPU machines have no mlflow
+        results["serving"] = {"load": bench_serving(workdir, settings)}
+        log.info("serving: %s", results["serving"]["load"])
     # Can the loader feed the step? Its best samples/s over the step's img/s: below 1, training waits for data.
     loader = max(row["samples_per_second"] for row in results["loader"].values())
     ratios["loader_over_train_step"] = {name: loader / row["images_per_second"]
@@ -485,6 +530,15 @@ def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
         for name, row in results["onnxruntime"].items():
             out.append(f"| {name} | {row['images_per_second']:.2f} | {row['median_image_seconds']:.3f} | "
                        f"{results['evaluate'][name]['images_per_second']:.2f} | {row['export_seconds']:.1f} |")
+    if results.get("serving"):
+        row = results["serving"]["load"]
+        out += ["", f"**served model under load**: `mlflow models serve` of {row['model']} (untrained weights, "
+                f"params.yaml's limits) on 127.0.0.1, {row['clients']} clients sending {row['requests']} one-image "
+                f"requests of VOC-sized JPEGs, every answer checked against `tools.predict`'s mask ({host})", "",
+                "| correct | requests/s | p50 latency (ms) | p95 latency (ms) | target requests/s |",
+                "|---:|---:|---:|---:|---|",
+                f"| {row['correct']} / {row['requests']} | {row['requests_per_second']:.1f} | {row['p50_ms']:.0f} | "
+                f"{row['p95_ms']:.0f} | {target('serving/load/requests_per_second')} |"]
     if results.get("comparisons"):
         out += ["", f"**side by side**: the project over what a user would otherwise run, same data, same run "
                 f"(above 1: the project is faster; {on})", "", "| comparison | case | ratio | target |",

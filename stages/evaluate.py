@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     if onnx_file is None:
         log.warning("%s not found: the served model carries no ONNX export (python -m stages.export --model %s "
                     "writes it)", paths.onnx_file, key)
-    tracker.log_model(paths.model_file, functools.partial(save_served_model, onnx_file=onnx_file))
+    tracker.log_model(paths.model_file, functools.partial(save_served_model, onnx_file=onnx_file,
+                                                         limits=params.serving))
     version = tracker.register_model(registered_name(key),
                                      version_tags(result.metrics["miou"], provenance_tags(str(args.prepared))))
     tracker.close()

@@ -14,7 +14,8 @@ from pipeline.prepared.dataset import VOCPrepared
 
 TINY = bench.Settings(images=6, image_size=(40, 56), loader_workers=(0, 2), loader_budget_s=0.0, crop_size=(32, 32),
                       batch_size=2, warmup_steps=1, min_steps=1, max_steps=1, budget_s=0.0, eval_size=(40, 48),
-                      eval_warmup=0, variants={"unet-4": ("unet", {"width": 4})})
+                      eval_warmup=0, variants={"unet-4": ("unet", {"width": 4})}, served_variant="unet-4",
+                      serving_requests=16)
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,17 @@ def test_check_flags_a_planted_slow_number_and_a_missing_one(results):
         "train/fcn32s/images_per_second: not measured (target ≥ 1)"]
 
 
+def test_the_served_models_load_test_checks_every_answer(results):
+    load = results["serving"]["load"]
+    assert load["correct"] == load["requests"] == 16 and load["correct_share"] == 1.0 and load["clients"] == 8
+    assert 0 < load["p50_ms"] <= load["p95_ms"] and load["requests_per_second"] > 0
+    assert "**served model under load**" in bench.markdown(results, bench.TARGETS["cpu"])
+
+
 def test_every_target_names_a_measured_metric():
     loaders = {f"workers={w}" for w in set(bench.CPU.loader_workers) | set(bench.CUDA.loader_workers)}
     keys = {"prepare": {"workers=1", "workers=0"}, "loader": loaders, "train": set(bench.VARIANTS),
-            "evaluate": set(bench.VARIANTS)}
+            "evaluate": set(bench.VARIANTS), "serving": {"load"}}
     cases = {"loader_project_over_torchvision": loaders, "train_step_project_over_plain_fp32": set(bench.VARIANTS),
              "flop_utilisation": set(bench.VARIANTS), "evaluate_project_over_autotuned": set(bench.VARIANTS),
              "train_step_compiled_over_eager": set(bench.CUDA.compile_variants),

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.core import runtime
 from pipeline.core.cli import model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import load
+from pipeline.core.params import ServingParams, load
 from pipeline.export.onnx_model import OnnxModel
 from pipeline.models.saved import load_model
 from pipeline.serving.predict_files import expand, segment_files
@@ -44,12 +44,15 @@ def main() -> int:
     args = parser.parse_args()
     device = runtime.resolve_device(args.device)  # a device that is not there fails before any download
     paths = expand(args.images)
+    # --model-uri needs no checkout: without a params file, the default limits.
+    params = load(args.params) if args.model or Path(args.params).is_file() else None
+    max_pixels = (params.serving if params else ServingParams()).max_pixels
     with tempfile.TemporaryDirectory() as downloaded:
         if args.model_uri:
             model_file = download_logged_model(args.model_uri, downloaded)
             onnx_file = model_file.with_name(ONNX_FILE)
         else:
-            files = model_paths_from(args, load(args.params).model_key(args.model))
+            files = model_paths_from(args, params.model_key(args.model))
             model_file, onnx_file = files.model_file, files.onnx_file
         if args.runtime == "torch":
             model = load_model(model_file)
@@ -62,7 +65,8 @@ def main() -> int:
         else:
             model = OnnxModel(onnx_file, device)
     policy = runtime.resolve(device, network=model)
-    failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy)
+    failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy,
+                             max_pixels=max_pixels)
     print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")
     if failures:
         raise PipelineError(f"{len(failures)} file(s) could not be read: {'; '.join(failures)}")

@@ -241,6 +241,15 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class ServingParams:
+    """Limits of the served model (carried in it) and of `tools.predict`."""
+
+    # Above it a JPEG is predicted on a downscaled copy (mask scaled back), any other image refused.
+    max_pixels: int = field(default=4_000_000, metadata=_range(1))
+    max_rows: int = field(default=16, metadata=_range(1))  # images per request
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "voc-segmentation"
 
@@ -255,6 +264,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     render: RenderParams = field(default_factory=RenderParams)
     export: ExportParams = field(default_factory=ExportParams)
+    serving: ServingParams = field(default_factory=ServingParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
     def __post_init__(self) -> None:

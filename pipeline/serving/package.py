@@ -5,12 +5,15 @@ which MLflow runs to build the service ("models from code": no pickle).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from pipeline.core.params import ServingParams
 
 # The served model's signature: one base64 image file per request row in, one base64 palette PNG per row out.
 INPUT_COLUMN = "image"
@@ -19,9 +22,11 @@ PACKAGE = Path(__file__).resolve().parents[1]  # pipeline/
 ENTRY_POINT = Path(__file__).resolve().parent / "served_model.py"
 
 
-def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: str | Path | None = None) -> Path:
+def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: str | Path | None = None,
+                      limits: ServingParams | None = None) -> Path:
     """Write the MLflow model directory for `model_file` (a `pipeline.models.saved.save_model` file), with
-    `onnx_file` among its artefacts when given, at `directory`."""
+    `onnx_file` among its artefacts when given and the request `limits` (default: `ServingParams()`) as its model
+    config, at `directory`."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -39,6 +44,7 @@ def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: 
             mlflow.pyfunc.save_model(
                 str(directory), python_model=str(ENTRY_POINT), artifacts=artifacts,
                 code_paths=[str(code)], signature=signature,
+                model_config=dataclasses.asdict(limits or ServingParams()),
                 # Stated, not inferred: inference would load the model in a subprocess at every save.
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                                   "numpy", "pillow", "pandas"])

@@ -16,7 +16,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.labels import label_png
 from pipeline.core.runtime import Runtime
 from pipeline.reporting.draw import overlay
-from pipeline.serving.images import read_rgb, segment
+from pipeline.serving.images import at_size, read_photo, segment
 
 log = logging.getLogger(__name__)
 
@@ -57,21 +57,23 @@ def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     return outputs
 
 
-def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime) -> list[str]:
-    """Write `<stem>.png` (VOC palette indices) and `<stem>_overlay.png` per input; returns one line per file
-    that could not be read, after processing all the others."""
+def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime,
+                  max_pixels: int | None = None) -> list[str]:
+    """Write `<stem>.png` (VOC palette indices, the input's size) and `<stem>_overlay.png` per input; returns one
+    line per file that could not be read, after processing all the others. A JPEG above `max_pixels` is predicted
+    on a downscaled copy, as the served model does (its overlay stays at that size); other files that large fail."""
     outputs = output_paths(paths, out_dir)
     failures = []
     require_writable(out_dir, "make it writable or choose another --out")
     for path, (label_file, overlay_file) in zip(paths, outputs):
         try:
-            image = read_rgb(path)
+            image, size = read_photo(path, max_pixels=max_pixels)
         except PipelineError as error:
             failures.append(str(error))
             log.error("%s", error)
             continue
         labels = segment(model, image, runtime)
-        write_png(label_file, label_png(labels))
+        write_png(label_file, label_png(at_size(labels, size)))
         write_png(overlay_file, Image.fromarray(overlay(image, labels)))
         log.info("%s → %s", path, label_file)
     return failures

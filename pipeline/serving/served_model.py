@@ -1,13 +1,16 @@
 """What MLflow runs to load a served model (`mlflow models serve`, `mlflow.pyfunc.load_model`): a model directory
 written by `pipeline.serving.package.save_served_model` holds this file and the package it imports, never a pickle."""
 
+import dataclasses
+
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import ServingParams
 from pipeline.serving.package import INPUT_COLUMN, OUTPUT_COLUMN
-from pipeline.serving.service import load_service_model, segment_encoded
+from pipeline.serving.service import check_rows, load_service_model, segment_encoded
 
 
 class SegmentationService(mlflow.pyfunc.PythonModel):
@@ -17,6 +20,9 @@ class SegmentationService(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.model, self.runtime = load_service_model(context.artifacts["model"])
+        limits = context.model_config or {}  # served models logged before the limits had none: the defaults
+        self.limits = {name: int(limits[name]) if name in limits else default
+                       for name, default in dataclasses.asdict(ServingParams()).items()}
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
@@ -27,7 +33,9 @@ class SegmentationService(mlflow.pyfunc.PythonModel):
             raise MlflowException(f"send a column named `{INPUT_COLUMN}` holding base64 image files",
                                   error_code=INVALID_PARAMETER_VALUE)
         try:
-            masks = segment_encoded(self.model, self.runtime, [str(v) for v in model_input[INPUT_COLUMN]])
+            check_rows(len(model_input), self.limits["max_rows"])  # before a single cell is even read
+            masks = segment_encoded(self.model, self.runtime, [str(v) for v in model_input[INPUT_COLUMN]],
+                                    **self.limits)
         except PipelineError as error:
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame({OUTPUT_COLUMN: masks})

@@ -1,7 +1,9 @@
 """What the served model does with a request: decode base64 image files, segment them, encode the masks.
 
 A request row holds one base64 JPEG or PNG file (column `image`); its answer is `mask_png`, the base64 palette PNG
-that `tools.predict` writes for the same file: VOC colours, the input's size, pixel value = class id.
+that `tools.predict` writes for the same file: VOC colours, the input's size, pixel value = class id. Limits, from
+`serving` in params.yaml, carried in the served model: at most `max_rows` rows per request, refused before any is
+decoded; above `max_pixels`, a JPEG is predicted on a downscaled copy and any other file refused from its header.
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ from pipeline.core import runtime
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import label_png
 from pipeline.models.saved import load_model
-from pipeline.serving.images import read_rgb, segment
+from pipeline.serving.images import at_size, read_photo, segment
 from pipeline.serving.package import INPUT_COLUMN
 
 
-def decode_image(encoded: str, row: int) -> np.ndarray:
-    """H×W×3 uint8 from one request cell, read exactly as `tools.predict` reads a file."""
+def decode_image(encoded: str, row: int, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """One request cell's pixels and full size, read exactly as `tools.predict` reads a file."""
     try:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError, TypeError):
         raise PipelineError(f"row {row}: `{INPUT_COLUMN}` is not base64 text; send the file's bytes "
                             "base64-encoded") from None
-    return read_rgb(io.BytesIO(data), name=f"row {row}")
+    return read_photo(io.BytesIO(data), name=f"row {row}", max_pixels=max_pixels)
 
 
 def encode_mask(labels: np.ndarray) -> str:
@@ -46,8 +48,18 @@ def load_service_model(model_file: str | Path) -> tuple[torch.nn.Module, runtime
     return policy.place_model(model).eval(), policy
 
 
-def segment_encoded(model: torch.nn.Module, policy: runtime.Runtime, images: list[str]) -> list[str]:
-    """One `mask_png` per encoded image; every row is decoded before any is segmented, so a bad row fails the
-    request before the model spends time on the others."""
-    decoded = [decode_image(image, row) for row, image in enumerate(images)]
-    return [encode_mask(segment(model, image, policy)) for image in decoded]
+def check_rows(rows: int, max_rows: int) -> None:
+    if rows > max_rows:
+        raise PipelineError(f"{rows} rows in one request, above serving.max_rows ({max_rows}); send at most "
+                            f"{max_rows} images per request")
+
+
+def segment_encoded(model: torch.nn.Module, policy: runtime.Runtime, images: list[str], *,
+                    max_pixels: int | None = None, max_rows: int | None = None) -> list[str]:
+    """One `mask_png` per encoded image, at the image's size; too many rows fail before any is decoded, and every
+    row is decoded before any is segmented, so a bad row fails the request before the model spends time on the
+    others."""
+    if max_rows is not None:
+        check_rows(len(images), max_rows)
+    decoded = [decode_image(image, row, max_pixels) for row, image in enumerate(images)]
+    return [encode_mask(at_size(segment(model, pixels, policy), size)) for pixels, size in decoded]
