@@ -292,12 +292,17 @@ def bench_train(samples: list, name: str, settings: Settings, device: torch.devi
             "images_per_second": _round(recipe.batch_size / median), **memory.result}
 
 
+def eval_image(settings: Settings) -> torch.Tensor:
+    """The uint8 3×H×W image every evaluation row predicts, the same for PyTorch and ONNX Runtime."""
+    return torch.randint(0, 256, (3, *settings.eval_size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(settings.seed))
+
+
 def bench_evaluate(name: str, settings: Settings, device: torch.device) -> dict:
     """Full-resolution inference of variant `name` on one image at a time through `predict`."""
     architecture, options = settings.variants[name]
     torch.manual_seed(settings.seed)
-    image = torch.randint(0, 256, (3, *settings.eval_size), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(settings.seed)).to(device)
+    image = eval_image(settings).to(device)
     with _PeakMemory(device) as memory:
         net = build(architecture, **options).eval()
         policy = runtime.resolve(device, network=net)  # as the evaluate stage resolves it
@@ -327,8 +332,7 @@ def bench_onnxruntime(name: str, settings: Settings, workdir: Path) -> dict:
 
     architecture, options = settings.variants[name]
     torch.manual_seed(settings.seed)
-    image = torch.randint(0, 256, (3, *settings.eval_size), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(settings.seed))
+    image = eval_image(settings)
     path = workdir / f"{name}.onnx"
     started = time.perf_counter()
     export_onnx(build(architecture, **options).eval(), path, ExportParams().opset)

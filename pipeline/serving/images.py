@@ -38,7 +38,8 @@ def read_photo(path: Path | BinaryIO, *, name: str | None = None,
     try:
         with _open(path, bounded=max_pixels is not None) as img:
             width, height = img.size
-            if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # rotated by a quarter turn
+            rotated = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)  # by a quarter turn
+            if rotated:
                 width, height = height, width
             target = _fit(height, width, max_pixels)
             if target is not None:
@@ -46,7 +47,7 @@ def read_photo(path: Path | BinaryIO, *, name: str | None = None,
                     raise PipelineError(f"{shown}: {width}×{height} pixels, above serving.max_pixels "
                                         f"({max_pixels:,}); only JPEGs are predicted on a downscaled copy: send "
                                         "a JPEG or a smaller image")
-                img.draft("RGB", (target[1], target[0]) if (width, height) == img.size else target)
+                img.draft("RGB", target if rotated else target[::-1])  # (width, height) of the file as stored
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 values = np.asarray(img, dtype=np.float64)

@@ -10,7 +10,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ServingParams
 from pipeline.serving.package import INPUT_COLUMN, OUTPUT_COLUMN
-from pipeline.serving.service import check_rows, load_service_model, segment_encoded
+from pipeline.serving.service import load_service_model, segment_encoded
 
 
 class SegmentationService(mlflow.pyfunc.PythonModel):
@@ -33,7 +33,6 @@ class SegmentationService(mlflow.pyfunc.PythonModel):
             raise MlflowException(f"send a column named `{INPUT_COLUMN}` holding base64 image files",
                                   error_code=INVALID_PARAMETER_VALUE)
         try:
-            check_rows(len(model_input), self.limits["max_rows"])  # before a single cell is even read
             masks = segment_encoded(self.model, self.runtime, [str(v) for v in model_input[INPUT_COLUMN]],
                                     **self.limits)
         except PipelineError as error:
