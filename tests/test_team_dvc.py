@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,13 @@ def team_project(tmp_path_factory, voc_tar, sbd_tgz, voc_tree) -> Path:
     return root
 
 
+def assert_same_outputs(clone: Path, project: Path) -> None:
+    for path in CACHED_FILES:
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+    for path in CACHED_DIRS:
+        assert tree(clone / path) == tree(project / path), path
+
+
 def in_remote(remote: Path, md5: str) -> Path:
     return remote / "files" / "md5" / md5[:2] / md5[2:]
 
@@ -108,10 +116,7 @@ def test_a_clone_pulls_from_the_shared_remote_reruns_nothing_and_passes_the_ci_c
     run(clone, "dvc", "pull", env=env)
     assert "Data and pipelines are up to date." in run(clone, "dvc", "status", env=env)
     assert "Running stage" not in run(clone, "dvc", "repro", env=env)
-    for path in CACHED_FILES:
-        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
-    for path in CACHED_DIRS:
-        assert tree(clone / path) == tree(project / path), path
+    assert_same_outputs(clone, project)
 
     # CI's step "Evaluate against the base branch (DVC remote configured)" (.github/workflows/evaluate.yml).
     forced = run(clone, "dvc", "repro", "--force", "--single-item", "--glob", "evaluate@*", env=env)
@@ -119,6 +124,78 @@ def test_a_clone_pulls_from_the_shared_remote_reruns_nothing_and_passes_the_ci_c
     checked = run(clone, sys.executable, "-m", "tools.check_metrics", "--against", "origin/main", env=env)
     assert "metrics check passed" in checked
     assert (clone / "metrics/fcn.json").read_bytes() == (project / "metrics/fcn.json").read_bytes()
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "team-test-key-id", "AWS_SECRET_ACCESS_KEY": "team-test-secret-key",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """A real S3 API on 127.0.0.1 (moto's server, a separate process) with one empty bucket; yields its URL."""
+    import boto3  # the test extra's moto[server] brings it; dvc-s3 itself talks to S3 through s3fs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "s3-server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
+                                   str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                              aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                client.create_bucket(Bucket="team-dvc")
+                break
+            except Exception:  # not listening yet
+                assert time.monotonic() < deadline, f"the S3 server never answered: {log.read_text()}"
+                time.sleep(0.3)
+        yield url, client
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_d_the_remote_on_a_real_s3_api_shares_every_output_and_a_clone_reruns_nothing(team_project, s3_server,
+                                                                                       tmp_path):
+    project, clone = team_project, tmp_path / "clone"
+    url, client = s3_server
+    env = {**environment(f"sqlite:///{tmp_path / 'mlflow.db'}"), **S3_CREDENTIALS}
+    # The commands docs/team.md shows: the bucket and endpoint committed, the credentials only in the environment.
+    run(project, "dvc", "remote", "add", "s3team", "s3://team-dvc/voc-segmentation", env=env)
+    run(project, "dvc", "remote", "modify", "s3team", "endpointurl", url, env=env)
+    config = (project / ".dvc/config").read_text()
+    assert url in config and not any(secret in config for secret in S3_CREDENTIALS.values())
+    run(project, "git", "commit", "-qam", "DVC remote on S3", env=env)
+    run(project, "dvc", "push", "-r", "s3team", env=env)
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    md5s = {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    keys = {item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="team-dvc")
+            for item in page.get("Contents", [])}
+
+    def key(md5: str) -> str:
+        return f"voc-segmentation/files/md5/{md5[:2]}/{md5[2:]}"
+
+    for path in CACHED_FILES:
+        stored = client.get_object(Bucket="team-dvc", Key=key(md5s[path]))["Body"].read()
+        assert stored == (project / path).read_bytes(), path
+    for path in CACHED_DIRS:
+        manifest = json.loads(client.get_object(Bucket="team-dvc", Key=key(md5s[path]))["Body"].read())
+        assert len(manifest) == len(tree(project / path)) and {key(entry["md5"]) for entry in manifest} <= keys, path
+
+    # Another machine with the same credentials: clone, pull from S3, nothing is out of date or run again.
+    run(tmp_path, "git", "clone", "-q", str(project), str(clone), env=env)
+    run(clone, "dvc", "pull", "-r", "s3team", env=env)
+    assert "Data and pipelines are up to date." in run(clone, "dvc", "status", env=env)
+    assert "Running stage" not in run(clone, "dvc", "repro", env=env)
+    assert_same_outputs(clone, project)
 
 
 def _is_dvc(pid: int) -> bool:
