@@ -57,16 +57,18 @@ SERVER_DIR ?= .mlflow-server
 server: $(STAMP)
 	$(BIN)/python -m tools.server --host 127.0.0.1 --port $(SERVER_PORT) --dir $(SERVER_DIR)
 
-# The registry: the best evaluated version of voc-$(MODEL) becomes voc-$(MODEL)@champion, which `make serve` serves
-# over HTTP (POST /invocations; see the README). Both use MLFLOW_TRACKING_URI, else the local store.
+# The registry: the best evaluated version of $(DATASET)-$(MODEL) becomes $(DATASET)-$(MODEL)@champion, which
+# `make serve` serves over HTTP (POST /invocations; see the README). Both use MLFLOW_TRACKING_URI, else the local
+# store. DATASET is params.yaml's dataset.name.
 MODEL ?= deeplab
+DATASET ?= voc
 SERVE_PORT ?= 5001
 TRACKING_URI = $(or $(MLFLOW_TRACKING_URI),sqlite:///$(abspath mlflow.db))
 promote: $(STAMP)
 	$(BIN)/python -m tools.promote --model $(MODEL)
 
 serve: $(STAMP)
-	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve -m models:/voc-$(MODEL)@champion \
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve -m models:/$(DATASET)-$(MODEL)@champion \
 		--env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 # What a real run costs: the real train and evaluate stages on a generated VOC-shaped dataset (1,464 / 1,449 images

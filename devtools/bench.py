@@ -3,7 +3,7 @@
 Four measurements, each returning plain (JSON-ready) dicts:
   prepare   `pipeline.ingest.prepare.prepare` on ~100 generated pairs of real VOC sizes (300–500 px): images/s, with one
             process and with one per core (`prepare.workers: 0`)
-  loader    `VOCPrepared` read back through a DataLoader built as the training loop builds it (collate_samples,
+  loader    `PreparedSplit` read back through a DataLoader built as the training loop builds it (collate_samples,
             batches of 8): samples/s with 0 and 2 workers, steady state (workers started once, page cache warm)
   train     `pipeline.training.optimization.train_step`, the training loop's own step, with `make_optimizer` and the
             default (SGD) TrainParams under the runtime policy training uses (`pipeline.core.runtime.resolve`);
@@ -58,11 +58,12 @@ from torch.utils.data import DataLoader
 from devtools import comparisons
 from devtools.synthetic import write_voc_tar
 from pipeline.core import runtime
+from pipeline.core.labels import VOC_LABELS
 from pipeline.core.params import ExportParams, TrainParams
 from pipeline.evaluation.predict import predict
 from pipeline.ingest.prepare import prepare
 from pipeline.models import build
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 from pipeline.training.augment import collate_samples
 from pipeline.training.optimization import make_optimizer, train_step
 
@@ -239,7 +240,7 @@ def bench_loader(prepared: Path, workers: int, settings: Settings) -> dict:
     """Read the train split through a DataLoader as the training loop does; a first (untimed) pass starts the
     workers, then whole passes are timed until `loader_budget_s` is spent (at least 2). Without pin_memory
     (which the loop adds on CUDA), so that the number, and its target, mean the same on every machine."""
-    dataset = VOCPrepared(prepared, "train")
+    dataset = PreparedSplit(prepared, "train")
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, collate_fn=collate_samples,
                         num_workers=workers, persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(settings.seed))
@@ -361,7 +362,7 @@ def bench_serving(workdir: Path, settings: Settings) -> dict:
     architecture, options = settings.variants[settings.served_variant]
     torch.manual_seed(settings.seed)
     save_model(workdir / "served.pt", build(architecture, **options), architecture=architecture,
-               options=model_options(architecture, options), num_classes=21)
+               options=model_options(architecture, options), labels=VOC_LABELS)
     save_served_model(workdir / "served.pt", workdir / "served", limits=ServingParams())
     rng = torch.Generator().manual_seed(settings.seed)
     images = []
@@ -402,7 +403,7 @@ def run(workdir: Path, device: torch.device, settings: Settings | None = None) -
         log.info("loader, workers=%d: %s samples/s", workers,
                  results["loader"][f"workers={workers}"]["samples_per_second"])
     timings["prepare and loader"] = _round(time.perf_counter() - started)
-    samples = list(VOCPrepared(prepared, "train"))
+    samples = list(PreparedSplit(prepared, "train"))
     if device.type == "cuda":  # the training loop's DataLoader pins its batches (pin_memory on CUDA)
         samples = [(image.pin_memory(), label.pin_memory()) for image, label in samples]
     results["train"], results["evaluate"] = {}, {}
@@ -495,7 +496,7 @@ def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
     for key, row in results["prepare"].items():
         out.append(f"| {row['processes']} | {row['images_per_second']:.1f} | {row['seconds']:.2f} | "
                    f"{target(f'prepare/{key}/images_per_second')} |")
-    out += ["", f"**VOCPrepared through a DataLoader**: train split, batches of {settings['batch_size']}, "
+    out += ["", f"**PreparedSplit through a DataLoader**: train split, batches of {settings['batch_size']}, "
             f"steady state ({host})", "", "| workers | samples/s | first batch (s) | target |", "|---:|---:|---:|---|"]
     for key, row in results["loader"].items():
         out.append(f"| {row['workers']} | {row['samples_per_second']:.0f} | {row['first_batch_seconds']:.3f} | "

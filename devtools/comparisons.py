@@ -1,7 +1,7 @@
 """`make bench`'s side-by-side comparisons: the project's path against what a user would otherwise pick, measured in
 the same run on the same data, each reduced to one ratio (project over alternative; above 1 = the project is faster).
 
-  loader     VOCPrepared + the training augmentation (on the training device) vs torchvision's VOCSegmentation
+  loader     PreparedSplit + the training augmentation (on the training device) vs torchvision's VOCSegmentation
              (PIL decode of every JPEG and PNG) + the torchvision.transforms.v2 recipe of torchvision's segmentation
              reference (random resize, flip, pad-and-crop, to float, normalise), same crop and batch, 0 and 2 workers
   train      the training loop's step (`train_step` under the runtime policy) vs a plain fp32 eager step in the style
@@ -36,7 +36,7 @@ from pipeline.core.labels import IGNORE_INDEX, NUM_CLASSES
 from pipeline.core.params import TrainParams
 from pipeline.evaluation.metrics import ConfusionMatrix
 from pipeline.models import build
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 from pipeline.prepared.transforms import MEAN, STD
 from pipeline.training.augment import collate_samples, train_batch
 from pipeline.training.optimization import make_optimizer, train_step
@@ -70,7 +70,7 @@ def _passes(make_iterator: Callable[[], Any], budget_s: float) -> tuple[int, flo
 
 def project_loader(prepared: Path, recipe: TrainParams, device: torch.device, workers: int, seed: int):
     """The training loop's input path: packed arrays → DataLoader → scale/crop/flip/normalise on `device`."""
-    loader = DataLoader(VOCPrepared(prepared, "train"), batch_size=recipe.batch_size, shuffle=True,
+    loader = DataLoader(PreparedSplit(prepared, "train"), batch_size=recipe.batch_size, shuffle=True,
                         collate_fn=collate_samples, num_workers=workers, persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(seed))
 

@@ -128,6 +128,46 @@ def write_voc_tar(path: str | Path, *, seed: int = 0, n_train: int = 200, n_val:
         return md5_of(tmp)
 
 
+# A small dataset that is not VOC: 4 classes (background and three of VOC's looks), colour masks.
+FOLDERS_CLASSES = ("background", "crack", "rust", "paint")
+FOLDERS_COLORS = ((0, 0, 0), (255, 200, 0), (0, 160, 255), (200, 0, 200))
+FOLDERS_IGNORE_COLOR = (255, 255, 255)
+_FOLDERS_LOOKS = (None, 1, 8, 15)  # the VOC class whose look each object class borrows
+
+
+def write_folders_dataset(root: str | Path, *, seed: int = 2, n_images: int = 48, min_size: int = 64,
+                          max_size: int = 112) -> dict[str, list[str]]:
+    """Write a dataset in the folders layout to `root`: `images/<id>.jpg`, `masks/<id>.png` as RGB colour masks
+    (FOLDERS_COLORS per class, FOLDERS_IGNORE_COLOR along object outlines) and `splits/{train,val}.txt` (one
+    third val). Returns the split ids. The same arguments always give the same files."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    ids = [f"plate-{i:03d}" for i in range(1, n_images + 1)]
+    val = set(rng.permutation(n_images)[:n_images // 3].tolist())
+    splits = {"train": [image_id for i, image_id in enumerate(ids) if i not in val],
+              "val": [image_id for i, image_id in enumerate(ids) if i in val]}
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:len(FOLDERS_COLORS)] = FOLDERS_COLORS
+    palette[IGNORE_INDEX] = FOLDERS_IGNORE_COLOR
+    for directory in ("images", "masks", "splits"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    for i, image_id in enumerate(ids):
+        height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
+        objects = [1 + (i + k) % 3 for k in range(int(rng.integers(1, 3)))]
+        image, label = _sample(rng, height, width, [_FOLDERS_LOOKS[c] for c in objects])
+        ours = np.zeros_like(label)
+        for c in (1, 2, 3):
+            ours[label == _FOLDERS_LOOKS[c]] = c
+        ours[label == IGNORE_INDEX] = IGNORE_INDEX
+        (root / "images" / f"{image_id}.jpg").write_bytes(_encode_jpeg(image))
+        buffer = io.BytesIO()
+        Image.fromarray(palette[ours]).save(buffer, format="PNG")
+        (root / "masks" / f"{image_id}.png").write_bytes(buffer.getvalue())
+    for split, split_ids in splits.items():
+        (root / "splits" / f"{split}.txt").write_text("".join(f"{image_id}\n" for image_id in split_ids))
+    return splits
+
+
 def write_sbd_tgz(path: str | Path, voc_tar: str | Path, *, seed: int = 1, n_train: int = 40, n_val: int = 20,
                   overlap: int = 4, min_size: int = 96, max_size: int = 160) -> str:
     """Write an SBD-layout `benchmark.tgz` that goes with the generated VOC tar `voc_tar`, atomically, and return its

@@ -15,11 +15,12 @@ from pathlib import Path
 from pipeline.core import layout, runtime
 from pipeline.core.atomic import write_json, write_text
 from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
+from pipeline.core.errors import PipelineError
 from pipeline.core.params import load
 from pipeline.core.tables import csv_text
 from pipeline.evaluation.evaluate import evaluate_split, log_evaluation
-from pipeline.models.saved import load_model
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.models.saved import load_saved
+from pipeline.prepared.dataset import PreparedSplit
 from pipeline.serving.package import save_served_model
 from pipeline.tracking.registry import CHAMPION, registered_name, version_tags
 from pipeline.tracking.runs import provenance_tags, resume_training_run
@@ -43,9 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     params = load(args.params)
     key = params.model_key(args.model)
     paths = model_paths_from(args, key)
-    model = load_model(paths.model_file)
+    model, labels = load_saved(paths.model_file)
+    val = PreparedSplit(args.prepared, "val")
+    if labels.classes != val.labels.classes:
+        raise PipelineError(f"{paths.model_file}: trained on the classes {', '.join(labels.classes)}, but "
+                            f"{args.prepared} holds {', '.join(val.labels.classes)}; retrain it (dvc repro "
+                            f"train@{key})")
     policy = runtime.resolve(args.device, network=model)
-    result = evaluate_split(policy.place_model(model), VOCPrepared(args.prepared, "val"), policy, paths.predictions,
+    result = evaluate_split(policy.place_model(model), val, policy, paths.predictions,
                             flip=params.evaluate.flip, scales=params.evaluate.scales,
                             batch_size=params.evaluate.batch_size)
 
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                     "writes it)", paths.onnx_file, key)
     tracker.log_model(paths.model_file, functools.partial(save_served_model, onnx_file=onnx_file,
                                                          limits=params.serving))
-    version = tracker.register_model(registered_name(key),
+    name = registered_name(key, params.dataset.name)
+    version = tracker.register_model(name,
                                      version_tags(result.metrics["miou"], provenance_tags(str(args.prepared))))
     tracker.close()
     metrics, speed = result.metrics, result.speed
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{key}: val mIoU {metrics['miou']:.4f}{absent}, pixel accuracy {metrics['pixel_accuracy']:.4f}, "
           f"{speed['images_per_second']} img/s on {policy.device}")
     if version is not None:
-        print(f"{key}: registered as {registered_name(key)} version {version} "
+        print(f"{key}: registered as {name} version {version} "
               f"(`python -m tools.promote --model {key}` makes the best version the {CHAMPION})")
 
 

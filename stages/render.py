@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
 from pipeline.core.params import load
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 from pipeline.reporting.render import model_figures, render_comparison, render_model
 from pipeline.tracking.runs import resume_training_run
 
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load(args.params)
-    val = VOCPrepared(args.prepared, "val")
+    val = PreparedSplit(args.prepared, "val")
     if args.compare:
         directories = {key: args.predictions_root / key for key in params.models}
         ids = render_comparison(val, directories, args.comparison, params.render.ids)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from devtools import bench
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 
 TINY = bench.Settings(images=6, image_size=(40, 56), loader_workers=(0, 2), loader_budget_s=0.0, crop_size=(32, 32),
                       batch_size=2, warmup_steps=1, min_steps=1, max_steps=1, budget_s=0.0, eval_size=(40, 48),
@@ -122,7 +122,7 @@ def test_the_torchvision_alternative_yields_what_the_project_trains_on(tmp_path)
     recipe = TrainParams(crop_size=[32, 40], batch_size=2)
     theirs = torchvision_dataset(voc_root, recipe)
     prepare(voc_root, tmp_path / "prepared", workers=1, progress=False)
-    ours = train_batch(list(VOCPrepared(tmp_path / "prepared", "train")), torch.device("cpu"), recipe.crop_size,
+    ours = train_batch(list(PreparedSplit(tmp_path / "prepared", "train")), torch.device("cpu"), recipe.crop_size,
                        recipe.scale_range, recipe.hflip)
     assert len(theirs) == len(ours[0]) == 3
     for index in range(len(theirs)):

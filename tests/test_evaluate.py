@@ -69,7 +69,7 @@ class OneByOne(torch.nn.Module):
 
 
 class SizedImages:
-    """A dataset in VOCPrepared's shape (`sizes`, `ds[i]` → uint8 image, label) that counts its reads."""
+    """A dataset in PreparedSplit's shape (`sizes`, `ds[i]` → uint8 image, label) that counts its reads."""
 
     def __init__(self, sizes: list[tuple[int, int]]) -> None:
         generator = torch.Generator().manual_seed(0)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.labels import VOC_LABELS
 from pipeline.core.params import ExportParams, UNetOptions
 from pipeline.export.onnx_export import EXAMPLE_SIZE, export_checked
 from pipeline.export.onnx_model import OnnxModel
@@ -94,7 +95,7 @@ def stage(cwd: Path, *args: str, check: bool = True,
 def test_export_stage_and_predict_with_onnxruntime_give_pytorchs_masks(tmp_path, monkeypatch):
     torch.manual_seed(0)
     save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet", options=UNetOptions(width=4),
-               num_classes=21)
+               labels=VOC_LABELS)
     args = ["--model", "unet", "--params", str(REPO / "params.yaml"), "--model-file", "model.pt"]
     stage(tmp_path, "stages.export", *args, "--onnx-file", "model.onnx", "--export-report", "export.json")
     report = json.loads((tmp_path / "export.json").read_text())

@@ -18,6 +18,7 @@ import yaml
 
 from pipeline.core import atomic
 from pipeline.core.errors import PipelineError
+from pipeline.core.labels import VOC_LABELS
 from pipeline.core.params import UNetOptions, load
 from pipeline.ingest.archive import extract_segmentation
 from pipeline.ingest.prepare import prepare
@@ -83,7 +84,7 @@ def test_predict_from_mlflow_loads_the_logged_file_and_refuses_a_tampered_one(tm
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     torch.manual_seed(0)
     save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
-                          options=UNetOptions(width=4), num_classes=21)
+                          options=UNetOptions(width=4), labels=VOC_LABELS)
     tracker = Tracker("tests", run_name="unet")
     tracker.log_model(tmp_path / "model.pt", save_served_model)
     tracker.close()
@@ -248,7 +249,7 @@ def test_read_only_outputs_are_one_line_naming_the_directory(tmp_path, voc_tree,
 
         (tmp_path / "photo.png").write_bytes(_png())
         save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
-                              options=UNetOptions(width=4), num_classes=21)
+                              options=UNetOptions(width=4), labels=VOC_LABELS)
         predicted = run(tmp_path, "tools.predict", "--model", "unet", "--model-file", "model.pt", "photo.png",
                         "--out", str(ro / "out"))
         assert f"cannot write in {ro / 'out'}" in one_line_error(predicted)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import dvc, offline_params
 
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_data_stages_run_once_then_are_up_to_date(project, voc_tree):
     stats = json.loads((project / "metrics/data.json").read_text())
     assert stats["train"]["set"] == "trainaug" and stats["train"]["sources"]["sbd"] > 0
     val_ids = (voc_tree / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
-    assert len(VOCPrepared(project / "data/prepared", "val")) == len(val_ids)
+    assert len(PreparedSplit(project / "data/prepared", "val")) == len(val_ids)
 
     second = dvc(project, "repro", "prepare")
     assert "Running stage" not in second

@@ -15,7 +15,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.labels import CLASSES
 from pipeline.ingest.prepare import prepare
 from pipeline.ingest.voc import ARCHIVE_ROOT, SPLITS
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def broken_tree(voc_tree, tmp_path):
 @pytest.mark.parametrize("split", SPLITS)
 def test_samples_equal_torchvision_voc_segmentation(prepared, voc_tree, split):
     out, _ = prepared
-    ours = VOCPrepared(out, split)
+    ours = PreparedSplit(out, split)
     theirs = VOCSegmentation(root=str(voc_tree), year="2012", image_set=split, download=False)
     assert len(ours) == len(theirs) > 0
     assert ours.ids == [p.rsplit("/", 1)[1][:-4] for p in theirs.images]
@@ -53,7 +53,7 @@ def test_samples_equal_torchvision_voc_segmentation(prepared, voc_tree, split):
 
 def test_dataset_returns_writable_copies_and_pickles_without_the_arrays(prepared):
     out, _ = prepared
-    ds = VOCPrepared(out, "train")
+    ds = PreparedSplit(out, "train")
     image, label = ds[-1]
     image += 1  # would raise on a view of the read-only mapping
     assert not np.array_equal(image.numpy(), ds[-1][0].numpy())
@@ -66,7 +66,7 @@ def test_dataset_returns_writable_copies_and_pickles_without_the_arrays(prepared
 
 def test_unprepared_directory_says_to_run_prepare(tmp_path):
     with pytest.raises(PipelineError, match=r"index\.json: missing; run the prepare stage"):
-        VOCPrepared(tmp_path, "train")
+        PreparedSplit(tmp_path, "train")
 
 
 def test_stats_match_a_direct_count(prepared, voc_tree):
@@ -102,10 +102,18 @@ def test_accepts_the_voc2012_directory_itself(prepared, voc_tree, tmp_path):
     assert prepare(voc_tree / ARCHIVE_ROOT, tmp_path / "p", workers=1, progress=False) == stats
 
 
-def _rgb_label(voc, i):
+def _unknown_colour(voc, i):
     path = voc / f"SegmentationClass/{i}.png"
-    Image.open(path).convert("RGB").save(path)
-    return path, "label mode is 'RGB', want a palette"
+    rgb = np.array(Image.open(path).convert("RGB"))
+    rgb[:2, :3] = (1, 2, 3)
+    Image.fromarray(rgb).save(path)
+    return path, r"colours \(1, 2, 3\) \(6 pixels\) are not in dataset.colors"
+
+
+def _sixteen_bit_label(voc, i):
+    path = voc / f"SegmentationClass/{i}.png"
+    Image.fromarray(np.array(Image.open(path)).astype(np.uint16)).save(path)
+    return path, "mask mode is 'I;16'; a mask must be a palette PNG"
 
 
 def _value_37(voc, i):
@@ -116,7 +124,7 @@ def _value_37(voc, i):
     broken = Image.fromarray(values).convert("P")  # 'L' → 'P' keeps the values as indices
     broken.putpalette(label.getpalette())
     broken.save(path)
-    return path, "label values 37 outside 0..20 and 255"
+    return path, r"mask values 37 \(1 pixels\) are neither a class \(0..20\) nor the ignore value 255"
 
 
 def _size_mismatch(voc, i):
@@ -146,8 +154,8 @@ def _truncated_image(voc, i):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("breakage", [_rgb_label, _value_37, _size_mismatch, _missing_label, _missing_image,
-                                      _truncated_image])
+@pytest.mark.parametrize("breakage", [_unknown_colour, _sixteen_bit_label, _value_37, _size_mismatch,
+                                      _missing_label, _missing_image, _truncated_image])
 def test_bad_pairs_are_errors_naming_the_file_and_leave_the_output_untouched(broken_tree, tmp_path, breakage, workers):
     root, voc, first_id = broken_tree
     out = tmp_path / "prepared"
@@ -188,5 +196,5 @@ def test_an_image_declaring_30000_pixels_a_side_is_refused_by_name(broken_tree, 
     root, voc, first_id = broken_tree
     image = voc / f"JPEGImages/{first_id}.jpg"
     image.write_bytes(png_header_only(30000, 30000))
-    with pytest.raises(PipelineError, match=rf"^{re.escape(str(image))}: refused, far larger than any VOC image"):
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(image))}: refused, far larger than a dataset's image"):
         prepare(root, tmp_path / "out", workers=1, progress=False)

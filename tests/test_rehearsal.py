@@ -11,7 +11,7 @@ import yaml
 
 from devtools import rehearsal
 from pipeline.core.errors import PipelineError
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 from tools import rehearse
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_rehearse_runs_the_real_stages_on_voc_shaped_data(tmp_path, capsys):
 
     work = tmp_path / "work"
     for split, count in (("train", 8), ("val", 6)):  # VOC's shape: 64 px on the long side, 40–64 on the short
-        sizes = VOCPrepared(work / "data/prepared", split).sizes
+        sizes = PreparedSplit(work / "data/prepared", split).sizes
         assert len(sizes) == count and all(max(size) == 64 and 40 <= min(size) <= 64 for size in sizes)
     assert json.loads((work / "metrics/train/unet.json").read_text())["epochs"] == 2
     assert not (work / "mlflow.db").exists() and not (work / "mlruns").exists()  # tracking was off

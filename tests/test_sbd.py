@@ -25,7 +25,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.ingest.archive import extract_sbd
 from pipeline.ingest.prepare import prepare
 from pipeline.ingest.voc import ARCHIVE_ROOT
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = "benchmark_RELEASE/dataset"
@@ -52,9 +52,9 @@ def test_trainaug_is_the_set_arithmetic_and_each_label_is_its_source(trainaug, v
     assert set(sbd_train + sbd_val) - set(voc_train + voc_val)
 
     expected = sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
-    train = VOCPrepared(out, "train")
+    train = PreparedSplit(out, "train")
     assert train.ids == expected
-    assert VOCPrepared(out, "val").ids == voc_val
+    assert PreparedSplit(out, "val").ids == voc_val
     from_sbd = [i for i in expected if i not in voc_train]
     assert stats["train"]["set"] == "trainaug" and stats["train"]["images"] == len(expected)
     assert stats["train"]["sources"] == {"voc": len(voc_train), "sbd": len(from_sbd)}
@@ -168,7 +168,7 @@ BAD_MAT = {
     "not a MAT file": (lambda path: path.write_bytes(b"not a mat file"), r"not an SBD label"),
     "no GTcls": (lambda path: scipy.io.savemat(path, {"other": np.zeros(3)}), r"not an SBD label"),
     "class 30": (lambda path: save_mat(path, np.full(scipy.io.loadmat(path)["GTcls"][0]["Segmentation"][0].shape, 30,
-                                                     np.uint8)), r"label values 30 outside 0..20"),
+                                                     np.uint8)), r"mask values 30 \(\d+ pixels\) are neither a class"),
     "wrong size": (lambda path: save_mat(path, np.zeros((7, 9), np.uint8)), r"label is 9×7 but image"),
     "missing": (lambda path: path.unlink(), r"missing, but listed in SBD's"),
 }

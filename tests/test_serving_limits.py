@@ -24,6 +24,7 @@ from test_team_mlflow import environment, free_port, start, stop
 from devtools import serving_load
 from pipeline.core import runtime
 from pipeline.core.errors import PipelineError
+from pipeline.core.labels import VOC_LABELS
 from pipeline.core.params import ServingParams, UNetOptions
 from pipeline.models import build
 from pipeline.models.saved import load_model, save_model
@@ -127,7 +128,7 @@ def expected_mask(model: torch.nn.Module, data: bytes) -> bytes:
 def test_the_served_model_survives_abusive_requests_and_answers_the_next_ones(tmp_path):
     torch.manual_seed(0)
     save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet", options=UNetOptions(width=4),
-               num_classes=21)
+               labels=VOC_LABELS)
     save_served_model(tmp_path / "model.pt", tmp_path / "served", limits=LIMITS)
     model = load_model(tmp_path / "model.pt").eval()
     port = free_port()

@@ -14,12 +14,13 @@ import torch
 import yaml
 from PIL import Image
 
+from pipeline.core.labels import VOC_LABELS
 from pipeline.core.params import UNetOptions
 from pipeline.evaluation.regression import regressions
 from pipeline.ingest.prepare import prepare
 from pipeline.models import build
 from pipeline.models.saved import save_model
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,12 +32,13 @@ def workdir(voc_tree, tmp_path_factory) -> Path:
     prepare(voc_tree, root / "data/prepared", workers=1, progress=False)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["models"] = {"unet": {"architecture": "unet", "options": {"width": 4}}}
-    val_ids = VOCPrepared(root / "data/prepared", "val").ids
+    val_ids = PreparedSplit(root / "data/prepared", "val").ids
     raw["render"] = {"ids": val_ids[:2], "worst_k": 1}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     torch.manual_seed(0)
     model = build("unet", width=4)
-    save_model(root / "models/unet/model.pt", model, architecture="unet", options=UNetOptions(width=4), num_classes=21)
+    save_model(root / "models/unet/model.pt", model, architecture="unet", options=UNetOptions(width=4),
+               labels=VOC_LABELS)
     (root / "models/unet/mlflow_run.json").write_text(json.dumps({"run_id": None}))
     (root / "metrics/train").mkdir(parents=True)
     (root / "metrics/train/unet.csv").write_text("epoch,loss,lr,val_miou,images_per_second\n1,2.5,0.01,,10.0\n"
@@ -62,7 +64,7 @@ def test_evaluate_writes_metrics_predictions_and_is_deterministic(workdir):
     confusion = (workdir / "metrics/unet/confusion.csv").read_text().splitlines()
     assert confusion[0] == "truth,prediction,pixels" and len(confusion) == 1 + 21 * 21
 
-    val = VOCPrepared(workdir / "data/prepared", "val")
+    val = PreparedSplit(workdir / "data/prepared", "val")
     pngs = sorted((workdir / "predictions/unet").glob("*.png"))
     assert [p.stem for p in pngs] == sorted(val.ids)
     with Image.open(pngs[0]) as png:

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from pipeline.ingest.prepare import prepare
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -176,7 +176,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 def test_the_champion_served_over_http_answers_like_predict(server, project, tmp_path):
     uri, _ = server
     run(project, "tools.promote", "--model", "unet", uri=uri)
-    val = VOCPrepared(project / "data/prepared", "val")
+    val = PreparedSplit(project / "data/prepared", "val")
     photos = []
     for index, suffix in ((0, "jpg"), (1, "png")):  # two sizes, a JPEG and a PNG
         path = tmp_path / f"photo{index}.{suffix}"

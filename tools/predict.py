@@ -19,7 +19,7 @@ from pipeline.core.cli import model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ServingParams, load
 from pipeline.export.onnx_model import OnnxModel
-from pipeline.models.saved import load_model
+from pipeline.models.saved import load_saved
 from pipeline.serving.predict_files import expand, segment_files
 from pipeline.tracking.runs import download_logged_model
 
@@ -54,19 +54,18 @@ def main() -> int:
         else:
             files = model_paths_from(args, params.model_key(args.model))
             model_file, onnx_file = files.model_file, files.onnx_file
-        if args.runtime == "torch":
-            model = load_model(model_file)
-        elif not onnx_file.is_file() and args.model_uri:
-            raise PipelineError(f"{args.model_uri}: holds no {ONNX_FILE} (logged before the export stage existed); "
-                                "use --runtime torch, or the URI of a model evaluated since")
-        elif not onnx_file.is_file():
-            raise PipelineError(f"{onnx_file}: not found; `dvc repro export@{args.model}` writes it, or use "
-                                "--runtime torch")
-        else:
+        model, labels = load_saved(model_file)  # its label set names and colours the masks, ONNX Runtime's too
+        if args.runtime == "onnxruntime":
+            if not onnx_file.is_file() and args.model_uri:
+                raise PipelineError(f"{args.model_uri}: holds no {ONNX_FILE} (logged before the export stage "
+                                    "existed); use --runtime torch, or the URI of a model evaluated since")
+            if not onnx_file.is_file():
+                raise PipelineError(f"{onnx_file}: not found; `dvc repro export@{args.model}` writes it, or use "
+                                    "--runtime torch")
             model = OnnxModel(onnx_file, device)
     policy = runtime.resolve(device, network=model)
     failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, labels=labels)
     print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")
     if failures:
         raise PipelineError(f"{len(failures)} file(s) could not be read: {'; '.join(failures)}")

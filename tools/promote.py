@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-m", "--model", required=True, help="a key of `models` in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
-    print(promote(load(args.params).model_key(args.model)))
+    params = load(args.params)
+    print(promote(params.model_key(args.model), params.dataset.name))
 
 
 if __name__ == "__main__":

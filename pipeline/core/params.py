@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.voc_classes import CLASSES as VOC_CLASSES
 
 
 def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
@@ -44,6 +45,74 @@ class PrepareParams:
     # trainaug: VOC train ∪ SBD train ∪ SBD val − VOC val (10,582 ids), the set every published VOC number trains
     # on; train: VOC's 1,464 alone, with no SBD download.
     train_set: Literal["trainaug", "train"] = "train"
+    # Splits a folders dataset listed with dataset.val_fraction: the same seed and ids give the same split.
+    seed: int = field(default=0, metadata=_range(0))
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MAX_CLASSES = 255  # prepared data marks ignored pixels 255 (pipeline.core.labels.IGNORE_INDEX)
+
+
+def _check_color(value: list[int], key: str) -> tuple[int, int, int]:
+    if len(value) != 3 or not all(0 <= channel <= 255 for channel in value):
+        raise PipelineError(f"{key}: must be [red, green, blue] of integers 0..255, got {value}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    """What the data is: its name, layout, splits and classes (`dataset` in params.yaml); PASCAL VOC 2012 by
+    default. See docs/own-data.md."""
+
+    name: str = "voc"  # names the MLflow experiment (<name>-segmentation) and registered models (<name>-<key>)
+    layout: Literal["voc", "folders"] = "voc"
+    images: str = "images"  # folders: the directories of images and masks under the source root
+    masks: str = "masks"
+    splits: dict[str, str] | None = None  # folders: {train: <id list>, val: <id list>}, files under the root
+    val_fraction: float | None = field(default=None, metadata=_range(0, 1, low_open=True, high_open=True))
+    classes: list[str] = field(default_factory=lambda: list(VOC_CLASSES))
+    colors: list[list[int]] | None = None  # RGB per class; null: VOC's palette for the first N indices
+    ignore_index: int = field(default=255, metadata=_range(0, 255))  # the masks' value for ignored pixels
+    ignore_color: list[int] | None = None  # colour masks: the RGB of ignored pixels
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise PipelineError(f"name: must be letters, digits, '_', '.' or '-' (it names the MLflow experiment "
+                                f"and registered models), got {self.name!r}")
+        if not 2 <= len(self.classes) <= MAX_CLASSES:
+            raise PipelineError(f"classes: must list 2 to {MAX_CLASSES} class names, got {len(self.classes)}")
+        repeated = sorted({name for name in self.classes if self.classes.count(name) > 1})
+        if repeated:
+            raise PipelineError(f"classes: {', '.join(repeated)} listed more than once; each class once, in index "
+                                "order")
+        if self.colors is not None:
+            if len(self.colors) != len(self.classes):
+                raise PipelineError(f"colors: {len(self.colors)} colours for {len(self.classes)} classes; give one "
+                                    "[red, green, blue] per class, in the order of classes")
+            colors = [_check_color(color, f"colors[{i}]") for i, color in enumerate(self.colors)]
+            if len(set(colors)) != len(colors):
+                raise PipelineError("colors: two classes share a colour; colour masks need one colour per class")
+        if self.ignore_index < len(self.classes):
+            raise PipelineError(f"ignore_index: {self.ignore_index} is the index of class "
+                                f"{self.classes[self.ignore_index]!r}; use a value from {len(self.classes)} to 255")
+        if self.ignore_color is not None:
+            color = _check_color(self.ignore_color, "ignore_color")
+            if self.colors is not None and list(color) in self.colors:
+                raise PipelineError(f"ignore_color: {list(color)} is also a class colour in colors")
+        if self.layout == "voc":
+            if self.splits is not None or self.val_fraction is not None:
+                raise PipelineError("splits, val_fraction: the voc layout reads its splits from "
+                                    "ImageSets/Segmentation/{train,val}.txt; remove them or use layout: folders")
+        elif (self.splits is None) == (self.val_fraction is None):
+            raise PipelineError("splits, val_fraction: the folders layout needs exactly one: splits: {train: <file>, "
+                                "val: <file>} (id lists) or val_fraction: <0..1> (a seeded split by id)")
+        elif self.splits is not None and sorted(self.splits) != ["train", "val"]:
+            raise PipelineError(f"splits: must name the files of train and val, got {', '.join(self.splits)}")
+
+    @property
+    def is_voc(self) -> bool:
+        """PASCAL VOC's classes in VOC's layout: what SBD's trainaug labels can be merged into."""
+        return self.layout == "voc" and tuple(self.classes) == VOC_CLASSES
 
 
 @dataclass(frozen=True)
@@ -251,13 +320,14 @@ class ServingParams:
 
 @dataclass(frozen=True)
 class TrackingParams:
-    experiment: str = "voc-segmentation"
+    experiment: str | None = None  # null: <dataset.name>-segmentation (voc-segmentation for VOC)
 
 
 @dataclass(frozen=True)
 class Params:
     data: DataParams
     models: dict[str, ModelParams]
+    dataset: DatasetParams = field(default_factory=DatasetParams)
     sbd: DataParams | None = None
     prepare: PrepareParams = field(default_factory=PrepareParams)
     train: TrainParams = field(default_factory=TrainParams)
@@ -274,7 +344,12 @@ class Params:
             raise PipelineError(f"data.md5: must be 32 lowercase hex digits, got {self.data.md5!r}")
         if not self.data.urls:
             raise PipelineError("data.urls: list at least one URL, file:// URL or local path of the VOC tar")
+        if self.tracking.experiment is None:
+            object.__setattr__(self, "tracking", TrackingParams(f"{self.dataset.name}-segmentation"))
         if self.prepare.train_set == "trainaug":
+            if not self.dataset.is_voc:
+                raise PipelineError("prepare.train_set: trainaug adds SBD's VOC labels, so it needs VOC's classes in "
+                                    "the voc layout; set prepare.train_set: train for another dataset")
             if self.sbd is None:
                 raise PipelineError("sbd: needed by prepare.train_set: trainaug (urls, md5 and size of SBD's "
                                     "benchmark.tgz); add the section or set prepare.train_set: train")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.atomic import atomic_dir
-from pipeline.core.labels import CLASSES, NUM_CLASSES, label_png
+from pipeline.core.labels import VOC_LABELS, LabelSet, label_png
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import Runtime
 from pipeline.evaluation.metrics import ConfusionMatrix
@@ -32,6 +32,11 @@ class EvaluationRun:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds else float("nan")
+
+
+def dataset_labels(dataset) -> LabelSet:
+    """The label set of `dataset`: a `PreparedSplit`'s own, VOC's for any other dataset."""
+    return getattr(dataset, "labels", VOC_LABELS)
 
 
 def evaluate(
@@ -52,7 +57,7 @@ def evaluate(
     write the palette PNG; with `batch_size` > 1 images come grouped by size, so not in index order.
     """
     model.eval()
-    confusion = ConfusionMatrix(NUM_CLASSES, device=runtime.device)
+    confusion = ConfusionMatrix(dataset_labels(dataset).num_classes, device=runtime.device)
     indices = list(range(len(dataset)) if indices is None else indices)
     scales = list(scales)
     start = time.perf_counter()
@@ -73,7 +78,7 @@ def evaluate(
 def same_size_batches(dataset, indices: list[int], batch_size: int) -> list[list[int]]:
     """`indices` cut into batches of at most `batch_size` images of one size (a size's images in index order).
 
-    The sizes come from `dataset.sizes` ((height, width) per index, as `VOCPrepared` has them) without reading
+    The sizes come from `dataset.sizes` ((height, width) per index, as `PreparedSplit` has them) without reading
     the images; any other dataset is asked for its items."""
     if batch_size == 1:
         return [[index] for index in indices]
@@ -110,20 +115,21 @@ class EvaluationReport:
 
 def evaluate_split(model: torch.nn.Module, dataset, runtime: Runtime, predictions_dir: Path, *, flip: bool = False,
                    scales: Iterable[float] = (1.0,), batch_size: int = 1) -> EvaluationReport:
-    """Evaluate `model` on all of `dataset`, writing each prediction as `<id>.png` (VOC palette) into
-    `predictions_dir`, which is replaced as a whole once every image is done."""
+    """Evaluate `model` on all of `dataset`, writing each prediction as `<id>.png` (palette PNG in the dataset's
+    colours) into `predictions_dir`, which is replaced as a whole once every image is done."""
+    labels = dataset_labels(dataset)
     if runtime.on_gpu:
         torch.cuda.reset_peak_memory_stats(runtime.device)
     with atomic_dir(predictions_dir) as out:
         def save(index, prediction, _label):
-            label_png(prediction.to(torch.uint8).cpu().numpy()).save(out / f"{dataset.ids[index]}.png")
+            label_png(prediction.to(torch.uint8).cpu().numpy(), labels).save(out / f"{dataset.ids[index]}.png")
 
         run = evaluate(model, dataset, runtime, flip=flip, scales=scales, on_prediction=save, batch_size=batch_size)
-    scores = run.confusion.compute()
+    scores = run.confusion.compute(labels.classes)
     speed = {"images_per_second": round(run.images_per_second, 2), "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
              "device": str(runtime.device), "images": run.images, "batch_size": batch_size}
     return EvaluationReport(metrics=report(scores), speed=speed, per_class=per_class_rows(scores),
-                            confusion=confusion_rows(run.confusion.matrix, CLASSES), matrix=run.confusion.matrix)
+                            confusion=confusion_rows(run.confusion.matrix, labels.classes), matrix=run.confusion.matrix)
 
 
 def log_evaluation(tracker, evaluation: EvaluationReport) -> None:

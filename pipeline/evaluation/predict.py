@@ -7,7 +7,6 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.labels import NUM_CLASSES
 from pipeline.core.runtime import Runtime
 from pipeline.prepared.transforms import normalize
 
@@ -32,7 +31,7 @@ def predict_batch(
     if views == [(1.0, False)]:
         with runtime.autocast():
             return model(runtime.place_input(batch)).argmax(1)
-    total = torch.zeros(len(images), NUM_CLASSES, height, width, device=images.device)
+    total = None
     for scale, mirrored in views:
         x = batch if scale == 1.0 else F.interpolate(batch, scale_factor=scale, mode="bilinear", align_corners=False)
         x = x.flip(-1) if mirrored else x
@@ -41,7 +40,7 @@ def predict_batch(
         logits = logits.flip(-1) if mirrored else logits
         if logits.shape[-2:] != (height, width):
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        total += logits.softmax(1)
+        total = logits.softmax(1) if total is None else total + logits.softmax(1)
     return total.argmax(1)
 
 

@@ -1,5 +1,6 @@
-"""Stage `prepare`'s work: the extracted VOC tree (and SBD for trainaug) → packed, memory-mappable arrays per split,
-in the layout of `pipeline.prepared.format`, with statistics. Every pair is checked before the directory appears.
+"""Stage `prepare`'s work: the dataset's source tree (VOC's extracted archive, and SBD for trainaug; or a dataset in
+the folders layout) → packed, memory-mappable arrays per split, in the layout of `pipeline.prepared.format`, with
+its label set and statistics. Every pair is checked before the directory appears.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,10 +20,12 @@ from PIL import Image, UnidentifiedImageError
 
 from pipeline.core.atomic import atomic_dir, full_disk_reported, require_space, require_writable, write_json
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from pipeline.core.labels import IGNORE_INDEX, LabelSet
+from pipeline.core.params import DatasetParams
 from pipeline.core.progress import Progress
-from pipeline.ingest import sbd, voc
-from pipeline.prepared.format import IMAGES, INDEX, LABELS, SPLITS
+from pipeline.ingest import folders, sbd, splits, voc
+from pipeline.ingest.masks import MaskReader
+from pipeline.prepared.format import IMAGES, INDEX, LABEL_SET, LABELS, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +45,49 @@ def voc_dir(voc_root: str | os.PathLike) -> Path:
                         f"extract the VOC archive there first (run the extract stage)")
 
 
-def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 0, train_set: str = "train",
-            sbd_root: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Decode and check every image/label pair of the train set and VOC val and pack them into `out_dir`.
+@dataclass(frozen=True)
+class Reading:
+    """What every check of one dataset's files needs: how to read its masks and what to tell the user to do."""
 
-    `voc_root` is the directory holding `VOCdevkit/VOC2012`, or `VOCdevkit/VOC2012` itself. `train_set`: `train`
-    (VOC's 1,464) or `trainaug` (with SBD, extracted at `sbd_root`; see `pipeline.ingest.sbd`). `workers` decoding
-    processes (0 = one per core, 1 = none: decode in this process). `out_dir` is replaced as a whole, and only
-    once every pair has been checked. Returns the per-split statistics written to `metrics/data.json`.
+    masks: MaskReader
+    fix: str  # the advice that ends a message about a broken file
+
+
+def prepare(source_root: str | os.PathLike, out_dir: str | os.PathLike, *, dataset: DatasetParams | None = None,
+            workers: int = 0, train_set: str = "train", sbd_root: str | os.PathLike | None = None, seed: int = 0,
+            progress: bool = True) -> dict:
+    """Decode and check every image/mask pair of the train and val splits and pack them into `out_dir`, with the
+    dataset's label set (`labels.json`).
+
+    `dataset` (default: PASCAL VOC) says the layout and classes. In the voc layout `source_root` is the directory
+    holding `VOCdevkit/VOC2012`, or `VOCdevkit/VOC2012` itself, and `train_set` is `train` (VOC's 1,464) or
+    `trainaug` (with SBD, extracted at `sbd_root`; see `pipeline.ingest.sbd`); in the folders layout it holds
+    `dataset.images` and `dataset.masks`, split by `dataset.splits` or by `dataset.val_fraction` and `seed`.
+    `workers` decoding processes (0 = one per core, 1 = none: decode in this process). `out_dir` is replaced as a
+    whole, and only once every pair has been checked. Returns the per-split statistics written to
+    `metrics/data.json`.
     """
-    source = voc_dir(voc_root)
-    split_ids = _read_splits(source)
-    pairs = {"train": train_pairs(source, split_ids, train_set, sbd_root),
-             "val": [_voc_pair(source, image_id) for image_id in split_ids["val"]]}
-    scanned = {split: _scan_split(pairs[split]) for split in SPLITS}
+    dataset = dataset or DatasetParams()
+    labels = LabelSet.of(dataset.name, dataset.classes, dataset.colors)
+    if dataset.layout == "voc":
+        source = voc_dir(source_root)
+        split_ids = _read_splits(source)
+        pairs = {"train": train_pairs(source, split_ids, train_set, sbd_root),
+                 "val": [_voc_pair(source, image_id) for image_id in split_ids["val"]]}
+        fix, origins = "re-extract the archive", ("voc", "sbd")
+    else:
+        if train_set != "train":
+            raise PipelineError(f"prepare.train_set: {train_set} is VOC's alone; set prepare.train_set: train")
+        pairs = {split: [Pair(image_id, dataset.name, image, mask) for image_id, image, mask in split_pairs]
+                 for split, split_pairs in folders.split_pairs(Path(source_root), dataset, seed).items()}
+        fix, origins = "fix or remove the file", (dataset.name,)
+    ignore_color = dataset.ignore_color
+    if ignore_color is None and dataset.colors is None:  # VOC's palette: void is drawn in its colour of 255
+        ignore_color = labels.palette()[IGNORE_INDEX].tolist()
+    masks = MaskReader(labels.num_classes, dataset.ignore_index, labels.colors,
+                       tuple(ignore_color) if ignore_color is not None else None)
+    reading = Reading(masks, fix)
+    scanned = {split: _scan_split(pairs[split], reading) for split in SPLITS}
     need = sum(4 * _pixel_count(samples) for samples in scanned.values())  # 3 bytes of image + 1 of label a pixel
     out_parent = Path(out_dir).absolute().parent
     require_writable(out_parent, "make it writable or pass another --out")
@@ -66,14 +99,19 @@ def prepare(voc_root: str | os.PathLike, out_dir: str | os.PathLike, *, workers:
         try:
             for split in SPLITS:
                 ids = [pair.image_id for pair in pairs[split]]
-                stats[split] = _prepare_split(split, ids, scanned[split], tmp / split, pool, progress, need)
+                stats[split] = _prepare_split(split, ids, scanned[split], tmp / split, pool, progress, need, labels,
+                                              reading)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+        write_json(tmp / LABEL_SET, labels.to_json())
     for split in SPLITS:
-        origins = Counter(pair.origin for pair in pairs[split])
+        counts = Counter(pair.origin for pair in pairs[split])
         stats[split].update(set=train_set if split == "train" else split,
-                            sources={origin: origins[origin] for origin in ("voc", "sbd")})
+                            sources={origin: counts[origin] for origin in origins})
+    if dataset.val_fraction is not None:  # the drawn split, so that it can be read and compared
+        stats["val"].update(val_fraction=dataset.val_fraction, seed=seed,
+                            ids=[pair.image_id for pair in pairs["val"]])
     return stats
 
 
@@ -110,13 +148,13 @@ def _voc_pair(source: Path, image_id: str) -> Pair:
                 source / voc.LABEL_DIR / f"{image_id}{voc.LABEL_SUFFIX}")
 
 
-def _scan_split(pairs: list[Pair]) -> list[Sample]:
+def _scan_split(pairs: list[Pair], reading: Reading) -> list[Sample]:
     """Each pair's paths, size and offset, from the file headers alone (an SBD `.mat` label's size is checked when
     it is decoded: reading it means reading it whole)."""
     samples: list[Sample] = []
     offset = 0
     for pair in pairs:
-        height, width = _check_headers(pair.image, pair.label)
+        height, width = _check_headers(pair.image, pair.label, reading)
         samples.append((str(pair.image), str(pair.label), offset, height, width))
         offset += height * width
     return samples
@@ -140,7 +178,7 @@ def _allocate(path: Path, size: int, need: int) -> None:
 
 
 def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path, pool: ProcessPoolExecutor | None,
-                   progress: bool, need: int) -> dict:
+                   progress: bool, need: int, labels: LabelSet, reading: Reading) -> dict:
     offset = _pixel_count(samples)
     # Sizes come from the headers, so both arrays can be allocated on disk now and filled in place by the
     # workers: memory stays bounded by a chunk of images, not the split (real VOC: ~1.6 GB of pixels).
@@ -153,10 +191,10 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
     with Progress(len(samples), desc=f"prepare {split}", unit="images", enabled=progress, logger=log) as bar:
         if pool is None:
             for chunk in chunks:
-                histogram += _decode_chunk(str(images_npy), str(labels_npy), chunk)
+                histogram += _decode_chunk(str(images_npy), str(labels_npy), chunk, reading)
                 bar.update(len(chunk))
         else:
-            futures = {pool.submit(_decode_chunk, str(images_npy), str(labels_npy), chunk): len(chunk)
+            futures = {pool.submit(_decode_chunk, str(images_npy), str(labels_npy), chunk, reading): len(chunk)
                        for chunk in chunks}
             for future in as_completed(futures):
                 histogram += future.result()
@@ -172,7 +210,7 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
     return {
         "images": len(ids),
         "pixels": offset,
-        "class_pixels": {name: int(histogram[c]) for c, name in enumerate(CLASSES)},
+        "class_pixels": {name: int(histogram[c]) for c, name in enumerate(labels.classes)},
         "void_pixels": void,
         "void_fraction": void / offset,
         "height": {"min": min(heights), "max": max(heights)},
@@ -182,110 +220,83 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
 
 
 def _read_splits(source: Path) -> dict[str, list[str]]:
-    """The ids of each split file, refusing an id listed twice in one split or in more than one split: a val
-    image that is also trained on inflates every metric."""
-    split_ids = {split: _read_split(source, split) for split in voc.SPLITS}
-    for split, ids in split_ids.items():
-        repeated = sorted(image_id for image_id, count in Counter(ids).items() if count > 1)
-        if repeated:
-            raise PipelineError(f"{_split_file(source, split)}: {_some(repeated)} listed more than once; "
-                                "each id must appear once (restore the official split file)")
-    shared = sorted(set.intersection(*(set(ids) for ids in split_ids.values())))
-    if shared:
-        raise PipelineError(f"{' and '.join(_split_file(source, s).name for s in voc.SPLITS)} both list "
-                            f"{_some(shared)}; the splits must be disjoint (restore the official split files)")
+    """The ids of each split file, refusing an id listed twice in one split or in more than one split."""
+    files = {split: source / voc.SPLIT_DIR / f"{split}.txt" for split in voc.SPLITS}
+    split_ids = {split: splits.read_ids(files[split], "the extracted archive is incomplete or damaged, run the "
+                                        "extract stage again") for split in voc.SPLITS}
+    splits.check_splits(split_ids, files, "restore the official split files")
     return split_ids
 
 
-def _some(ids: list[str]) -> str:
-    return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-
-
-def _split_file(source: Path, split: str) -> Path:
-    return source / voc.SPLIT_DIR / f"{split}.txt"
-
-
-def _read_split(source: Path, split: str) -> list[str]:
-    path = _split_file(source, split)
-    try:
-        ids = path.read_text().split()
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: missing; the extracted archive is incomplete, run the extract stage "
-                            "again") from None
-    if not ids:
-        raise PipelineError(f"{path}: lists no ids; the extracted archive is damaged, run the extract stage again")
-    return ids
-
-
-def _check_headers(image_path: Path, label_path: Path) -> tuple[int, int]:
+def _check_headers(image_path: Path, label_path: Path, reading: Reading) -> tuple[int, int]:
     """(height, width) of a pair, after the checks that need only the file headers."""
-    image = _open(image_path)
+    image = _open(image_path, reading)
     if label_path.suffix == sbd.LABEL_SUFFIX:
         if not label_path.is_file():
             raise sbd.missing_label(label_path)
         return image.height, image.width
-    label = _open(label_path)
-    if label.mode != "P":
-        raise PipelineError(f"{label_path}: label mode is {label.mode!r}, want a palette ('P') PNG whose index is "
-                            f"the class id, as in VOC's SegmentationClass; convert it or re-extract the archive")
+    label = _open(label_path, reading)
+    reading.masks.check_mode(str(label_path), label.mode)
     if label.size != image.size:
         raise PipelineError(f"{label_path}: label is {label.width}×{label.height} but image {image_path.name} is "
-                            f"{image.width}×{image.height}; they must match pixel for pixel, re-extract the archive")
+                            f"{image.width}×{image.height}; they must match pixel for pixel, {reading.fix}")
     return image.height, image.width
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, reading: Reading) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image  # the header is read; pixels are only decoded later, in `_decode_chunk`
     except FileNotFoundError:
-        raise PipelineError(f"{path}: missing, but listed in ImageSets/Segmentation; "
-                            f"the extracted archive is incomplete, run the extract stage again") from None
+        raise PipelineError(f"{path}: missing, but listed in a split; {reading.fix}") from None
     except UnidentifiedImageError:
-        raise PipelineError(f"{path}: not an image in a format PIL reads; re-extract the archive") from None
+        raise PipelineError(f"{path}: not an image in a format PIL reads; {reading.fix}") from None
     except Image.DecompressionBombError as error:  # a header declaring, say, 30000×30000: refuse before decoding
-        raise PipelineError(f"{path}: refused, far larger than any VOC image ({error}); "
-                            "re-extract the archive") from None
+        raise PipelineError(f"{path}: refused, far larger than a dataset's image should be ({error}); "
+                            f"{reading.fix}") from None
     except OSError as error:
-        raise PipelineError(f"{path}: cannot be read ({error.strerror or error}); re-extract the archive") from None
+        raise PipelineError(f"{path}: cannot be read ({error.strerror or error}); {reading.fix}") from None
 
 
-def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample]) -> np.ndarray:
+def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample], reading: Reading) -> np.ndarray:
     """Decode, check and write one chunk of samples into the arrays; returns the label-value histogram.
     Runs in a worker process, so it opens the arrays itself and each worker writes only its own slices."""
     images = np.load(images_npy, mmap_mode="r+")
     labels = np.load(labels_npy, mmap_mode="r+")
     histogram = np.zeros(256, dtype=np.int64)
     for image_path, label_path, offset, height, width in chunk:
-        label = _pixels(label_path, rgb=False)
-        image = _pixels(image_path, rgb=True)
+        label = _label(label_path, reading)
+        image = _image(image_path, reading)
         if label.shape != (height, width):
             raise PipelineError(f"{label_path}: label is {label.shape[1]}×{label.shape[0]} but image "
                                 f"{Path(image_path).name} is {width}×{height}; they must match pixel for pixel")
-        counts = np.bincount(label.ravel(), minlength=256)
-        bad = np.flatnonzero(counts[NUM_CLASSES:IGNORE_INDEX]) + NUM_CLASSES
-        if bad.size:
-            shown = ", ".join(map(str, bad[:5])) + (", …" if bad.size > 5 else "")
-            raise PipelineError(f"{label_path}: label values {shown} outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}; "
-                                f"VOC labels are class indices with {IGNORE_INDEX} for void, re-extract the archive")
         labels[offset:offset + height * width] = label.ravel()
         images[3 * offset:3 * (offset + height * width)].reshape(3, height, width)[...] = image.transpose(2, 0, 1)
-        histogram += counts
+        histogram += np.bincount(label.ravel(), minlength=256)
     images.flush()
     labels.flush()
     return histogram
 
 
-def _pixels(path: str, *, rgb: bool) -> np.ndarray:
-    """H×W×3 RGB for an image; for a label H×W of its palette indices, which are the class ids (no colour look-up),
-    or of an SBD `.mat`'s `GTcls.Segmentation`."""
+def _label(path: str, reading: Reading) -> np.ndarray:
+    """H×W class indices with IGNORE_INDEX for ignored pixels, from a mask (see `pipeline.ingest.masks`) or an
+    SBD `.mat`'s `GTcls.Segmentation`."""
     if path.endswith(sbd.LABEL_SUFFIX):
-        return sbd.read_label(path)
+        return reading.masks.read_values(path, sbd.read_label(path))
     try:
         with Image.open(path) as file:
-            return np.asarray(file.convert("RGB") if rgb else file)
+            file.load()
+            return reading.masks.read(path, file)
     except OSError as error:  # e.g. a truncated file, whose header alone looked fine
-        raise PipelineError(f"{path}: cannot be decoded ({error}); re-extract the archive") from None
+        raise PipelineError(f"{path}: cannot be decoded ({error}); {reading.fix}") from None
+
+
+def _image(path: str, reading: Reading) -> np.ndarray:
+    try:
+        with Image.open(path) as file:
+            return np.asarray(file.convert("RGB"))
+    except OSError as error:  # e.g. a truncated file, whose header alone looked fine
+        raise PipelineError(f"{path}: cannot be decoded ({error}); {reading.fix}") from None
 
 
 def _sha256(*paths: Path) -> str:

@@ -1,5 +1,6 @@
-"""The trained model file (`models/<key>/model.pt`): what to rebuild (architecture, options, number of classes) and
-its state dict, as a plain dict read back with `weights_only=True`, so a model file can never run code.
+"""The trained model file (`models/<key>/model.pt`): what to rebuild (architecture, options), the dataset's label set
+(so predictions are named and coloured without params), and its state dict, as a plain dict read back with
+`weights_only=True`, so a model file can never run code.
 
 Files are written atomically through an open handle: `torch.save` to a path would put the (random) temporary
 file's name inside the archive, and identical weights would give different bytes, which DVC would see as a new
@@ -10,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from pipeline.core.atomic import atomic_file, is_disk_full, no_space
 from pipeline.core.errors import PipelineError
+from pipeline.core.labels import VOC_LABELS, LabelSet
 from pipeline.core.params import ModelOptions
 from pipeline.models import build
 
@@ -68,20 +70,26 @@ def save_state(state: dict, path: Path) -> None:
 
 
 def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: ModelOptions,
-               num_classes: int) -> None:
-    """The trained network as a plain dict: what to rebuild (architecture, options) and its state dict."""
+               labels: LabelSet) -> None:
+    """The trained network as a plain dict: what to rebuild (architecture, options, classes) and its state dict."""
     state = {
         "architecture": architecture,
         "options": dataclasses.asdict(options),
-        "num_classes": num_classes,
+        "num_classes": labels.num_classes,
+        "labels": labels.to_json(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     save_state(state, path)
 
 
-def load_model(path: str | Path) -> torch.nn.Module:
+class SavedModel(NamedTuple):
+    network: torch.nn.Module  # in eval mode, on the CPU
+    labels: LabelSet  # what its output channels are
+
+
+def load_saved(path: str | Path) -> SavedModel:
     """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on the CPU (callers place it
-    with their runtime policy)."""
+    with their runtime policy), with its label set (VOC's for a file written before datasets had their own)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no trained model here; run `dvc repro train@<model>` first")
@@ -93,4 +101,10 @@ def load_model(path: str | Path) -> torch.nn.Module:
     options = {key: value for key, value in state["options"].items() if key not in ("pretrained", "weights_sha256")}
     model = build(state["architecture"], num_classes=state["num_classes"], **options)
     model.load_state_dict(state["state_dict"])
-    return model.eval()
+    labels = LabelSet.from_json(state["labels"]) if "labels" in state else VOC_LABELS
+    return SavedModel(model.eval(), labels)
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """The network alone of `load_saved`."""
+    return load_saved(path).network

@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.core.labels import CLASSES, IGNORE_INDEX, check_label, palette
+from pipeline.core.labels import IGNORE_INDEX, VOC_LABELS, LabelSet, check_label
 
 MARGIN = 12
 GAP = 8
@@ -35,24 +35,25 @@ def _check_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return image
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """H×W class indices → H×W×3 uint8 VOC colours (void 255 → the dataset's cream outline colour)."""
-    return palette()[check_label(label)]
+def colorize(label: np.ndarray, labels: LabelSet = VOC_LABELS) -> np.ndarray:
+    """H×W class indices → H×W×3 uint8 class colours (void 255 → VOC's cream outline colour)."""
+    return labels.palette()[check_label(label)]
 
 
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5, labels: LabelSet = VOC_LABELS) -> np.ndarray:
     """Blend the class colours over the photo with weight `alpha`.
 
-    Background (0) and void (255) pixels keep the photo untouched: background is black in the VOC palette and
-    would only darken the scene, and the void band would draw a cream outline around every object.
+    Void (255) pixels and those of a class coloured black (VOC's background) keep the photo untouched: black would
+    only darken the scene, and the void band would draw a cream outline around every object.
     """
     label = check_label(label)
     image = _check_image(image, label.shape)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    objects = (label != 0) & (label != IGNORE_INDEX)
+    colours = labels.palette()
+    objects = (label != IGNORE_INDEX) & colours[label].any(axis=-1)
     blended = image.astype(np.float64)
-    blended[objects] = (1 - alpha) * blended[objects] + alpha * palette()[label[objects]]
+    blended[objects] = (1 - alpha) * blended[objects] + alpha * colours[label[objects]]
     return np.rint(blended).astype(np.uint8)
 
 
@@ -120,18 +121,12 @@ def _with_margin(part: Image.Image) -> Image.Image:
     return canvas
 
 
-def _class_name(index: int) -> str:
-    if index == IGNORE_INDEX:
-        return "void (ignored)"
-    return CLASSES[index] if index < len(CLASSES) else f"class {index}"
-
-
-def _legend(indices: Sequence[int], width: int, size: int = 14) -> Image.Image:
+def _legend(indices: Sequence[int], width: int, labels: LabelSet, size: int = 14) -> Image.Image:
     """Colour swatches with class names, flowing left to right and wrapping at `width`."""
-    colours = palette()
+    colours = labels.palette()
     items = []
     for index in indices:
-        name = _text(_class_name(index), size)
+        name = _text(labels.class_name(index), size)
         swatch = Image.new("RGB", (name.height, name.height), tuple(int(c) for c in colours[index]))
         ImageDraw.Draw(swatch).rectangle((0, 0, swatch.width - 1, swatch.height - 1), outline=INK)
         items.append(_hstack([swatch, name], gap=5))
@@ -155,7 +150,8 @@ def _captioned(tile: Image.Image, caption: str, size: int = 15) -> Image.Image:
     return _vstack([_text(caption, size, max_width=tile.width), tile], gap=4)
 
 
-def panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, *, title: str = "") -> Image.Image:
+def panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, *, title: str = "",
+          labels: LabelSet = VOC_LABELS) -> Image.Image:
     """image | ground truth | prediction | errors, at the image's own resolution (a whole multiple of it when
     narrower than PANEL_MIN_TILE), with a legend of the classes in truth or prediction. In the error tile, wrong
     labelled pixels are red on the dimmed photo and void is grey."""
@@ -168,12 +164,12 @@ def panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, *, title
     factor = math.ceil(PANEL_MIN_TILE / image.shape[1])
     tiles = [
         Image.fromarray(array).resize((image.shape[1] * factor, image.shape[0] * factor), Image.Resampling.NEAREST)
-        for array in (image, colorize(truth), colorize(prediction), errors)
+        for array in (image, colorize(truth, labels), colorize(prediction, labels), errors)
     ]
     captions = ["image", "ground truth", "prediction", f"errors {share:.1%} (red; void grey)"]
     row = _hstack([_captioned(tile, caption) for tile, caption in zip(tiles, captions)])
     parts = [_text(title, 20, bold=True, max_width=row.width)] if title else []
-    parts += [row, _legend(_present([truth, prediction]), row.width)]
+    parts += [row, _legend(_present([truth, prediction]), row.width, labels)]
     return _with_margin(_vstack(parts, gap=2 * GAP))
 
 
@@ -193,6 +189,7 @@ def compare_grid(
     *,
     scores: dict[str, Sequence[float]] | None = None,
     tile_size: int = 240,
+    labels: LabelSet = VOC_LABELS,
 ) -> Image.Image:
     """One row per image: image | ground truth | one column per model (in `predictions` order), each cell fitted
     into a tile_size square; `scores[model][row]` (e.g. the per-image IoU) is printed above that model's cell."""
@@ -206,19 +203,19 @@ def compare_grid(
     header = [_centered(_text(name, 16, bold=True, max_width=tile_size), tile_size) for name in
               ["image", "ground truth", *models]]
     lines = [_hstack(header)]
-    all_labels = []
+    all_maps = []
     for row in range(rows):
         truth = check_label(truths[row])
-        labels = [truth]
+        maps = [truth]
         for model in models:
-            labels.append(check_label(predictions[model][row]))
-            if labels[-1].shape != truth.shape:
-                raise ValueError(f"{model!r} prediction for {ids[row]} is {labels[-1].shape}, truth is {truth.shape}")
+            maps.append(check_label(predictions[model][row]))
+            if maps[-1].shape != truth.shape:
+                raise ValueError(f"{model!r} prediction for {ids[row]} is {maps[-1].shape}, truth is {truth.shape}")
         image = _check_image(images[row], truth.shape)
-        all_labels += labels
+        all_maps += maps
         cells = [_fit(Image.fromarray(image), tile_size, Image.Resampling.BILINEAR)]
-        cells += [_fit(Image.fromarray(colorize(label)), tile_size, Image.Resampling.NEAREST) for label in labels]
+        cells += [_fit(Image.fromarray(colorize(m, labels)), tile_size, Image.Resampling.NEAREST) for m in maps]
         captions = [str(ids[row]), ""] + [f"IoU {scores[m][row]:.3f}" if scores and m in scores else "" for m in models]
         lines.append(_hstack([_captioned(cell, caption, 13) for cell, caption in zip(cells, captions)]))
     grid = _vstack(lines, gap=2 * GAP)
-    return _with_margin(_vstack([grid, _legend(_present(all_labels), grid.width)], gap=2 * GAP))
+    return _with_margin(_vstack([grid, _legend(_present(all_maps), grid.width, labels)], gap=2 * GAP))

@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.core.atomic import atomic_dir, write_png
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation.metrics import per_image_iou
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 from pipeline.reporting.draw import compare_grid, panel
 from pipeline.reporting.figures import confusion_figure, history_figure
 
@@ -42,7 +42,7 @@ def _prediction(predictions_dir: Path, image_id: str) -> np.ndarray:
         return np.array(png)
 
 
-def _sample(val: VOCPrepared, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+def _sample(val: PreparedSplit, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     image, label = val[val.ids.index(image_id)]
     return image.permute(1, 2, 0).numpy(), label.numpy()
 
@@ -70,11 +70,12 @@ def model_figures(history_csv: Path, confusion_csv: Path) -> dict[str, Image.Ima
     return {"history.png": history_figure(history), "confusion.png": confusion_figure(matrix, names)}
 
 
-def render_model(key: str, val: VOCPrepared, predictions_dir: Path, out_dir: Path, fixed_ids: Sequence[str],
+def render_model(key: str, val: PreparedSplit, predictions_dir: Path, out_dir: Path, fixed_ids: Sequence[str],
                  worst_k: int, figures: dict[str, Image.Image] | None = None) -> list[str]:
     """One panel per chosen val image (`fixed_ids`, then the model's `worst_k` by per-image IoU) and each of
     `figures` (file name → image) into `out_dir`, replaced as a whole; returns the ids drawn, in order."""
-    scores = {image_id: per_image_iou(_prediction(predictions_dir, image_id), val[i][1].numpy())
+    scores = {image_id: per_image_iou(_prediction(predictions_dir, image_id), val[i][1].numpy(),
+                                      val.labels.num_classes)
               for i, image_id in enumerate(val.ids)}
     chosen = choose_ids(val.ids, fixed_ids, scores, worst_k)
     with atomic_dir(out_dir) as out:
@@ -83,13 +84,13 @@ def render_model(key: str, val: VOCPrepared, predictions_dir: Path, out_dir: Pat
             kind = "chosen" if image_id in fixed_ids else "worst"
             title = f"{key} · {image_id} · image IoU {scores[image_id]:.3f} ({kind})"
             write_png(out / f"{rank:02d}-{image_id}.png",
-                      panel(image, truth, _prediction(predictions_dir, image_id), title=title))
+                      panel(image, truth, _prediction(predictions_dir, image_id), title=title, labels=val.labels))
         for name, figure in (figures or {}).items():
             write_png(out / name, figure)
     return chosen
 
 
-def render_comparison(val: VOCPrepared, predictions_dirs: dict[str, Path], out_file: Path,
+def render_comparison(val: PreparedSplit, predictions_dirs: dict[str, Path], out_file: Path,
                       fixed_ids: Sequence[str]) -> list[str]:
     """The `fixed_ids` val images side by side across the models of `predictions_dirs` (model → directory of
     its predictions), written to `out_file`; returns the ids drawn."""
@@ -99,8 +100,9 @@ def render_comparison(val: VOCPrepared, predictions_dirs: dict[str, Path], out_f
     samples = [_sample(val, image_id) for image_id in ids]
     predictions = {key: [_prediction(directory, image_id) for image_id in ids]
                    for key, directory in predictions_dirs.items()}
-    scores = {key: [per_image_iou(pred, truth) for pred, (_, truth) in zip(maps, samples)]
+    scores = {key: [per_image_iou(pred, truth, val.labels.num_classes) for pred, (_, truth) in zip(maps, samples)]
               for key, maps in predictions.items()}
-    grid = compare_grid([s[0] for s in samples], [s[1] for s in samples], predictions, ids, scores=scores)
+    grid = compare_grid([s[0] for s in samples], [s[1] for s in samples], predictions, ids, scores=scores,
+                        labels=val.labels)
     write_png(out_file, grid)
     return ids

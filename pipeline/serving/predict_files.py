@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.core.atomic import require_writable, write_png
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import label_png
+from pipeline.core.labels import VOC_LABELS, LabelSet, label_png
 from pipeline.core.runtime import Runtime
 from pipeline.reporting.draw import overlay
 from pipeline.serving.images import at_size, read_photo, segment
@@ -58,9 +58,10 @@ def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime,
-                  max_pixels: int | None = None) -> list[str]:
-    """Write `<stem>.png` (VOC palette indices, the input's size) and `<stem>_overlay.png` per input; returns one
-    line per file that could not be read, after processing all the others. A JPEG above `max_pixels` is predicted
+                  max_pixels: int | None = None, labels: LabelSet = VOC_LABELS) -> list[str]:
+    """Write `<stem>.png` (class indices in a palette PNG of `labels`' colours, the input's size) and
+    `<stem>_overlay.png` per input; returns one line per file that could not be read, after processing all the
+    others. A JPEG above `max_pixels` is predicted
     on a downscaled copy, as the served model does (its overlay stays at that size); other files that large fail."""
     outputs = output_paths(paths, out_dir)
     failures = []
@@ -72,8 +73,8 @@ def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runt
             failures.append(str(error))
             log.error("%s", error)
             continue
-        labels = segment(model, image, runtime)
-        write_png(label_file, label_png(at_size(labels, size)))
-        write_png(overlay_file, Image.fromarray(overlay(image, labels)))
+        mask = segment(model, image, runtime)
+        write_png(label_file, label_png(at_size(mask, size), labels))
+        write_png(overlay_file, Image.fromarray(overlay(image, mask, labels=labels)))
         log.info("%s → %s", path, label_file)
     return failures

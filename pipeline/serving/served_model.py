@@ -19,7 +19,7 @@ class SegmentationService(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        self.model, self.runtime = load_service_model(context.artifacts["model"])
+        self.model, self.runtime, self.labels = load_service_model(context.artifacts["model"])
         limits = context.model_config or {}  # served models logged before the limits had none: the defaults
         self.limits = {name: int(limits[name]) if name in limits else default
                        for name, default in dataclasses.asdict(ServingParams()).items()}
@@ -34,7 +34,7 @@ class SegmentationService(mlflow.pyfunc.PythonModel):
                                   error_code=INVALID_PARAMETER_VALUE)
         try:
             masks = segment_encoded(self.model, self.runtime, [str(v) for v in model_input[INPUT_COLUMN]],
-                                    **self.limits)
+                                    labels=self.labels, **self.limits)
         except PipelineError as error:
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame({OUTPUT_COLUMN: masks})

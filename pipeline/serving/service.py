@@ -18,8 +18,8 @@ import torch
 
 from pipeline.core import runtime
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import label_png
-from pipeline.models.saved import load_model
+from pipeline.core.labels import VOC_LABELS, LabelSet, label_png
+from pipeline.models.saved import load_saved
 from pipeline.serving.images import at_size, read_photo, segment
 from pipeline.serving.package import INPUT_COLUMN
 
@@ -34,18 +34,19 @@ def decode_image(encoded: str, row: int, max_pixels: int | None = None) -> tuple
     return read_photo(io.BytesIO(data), name=f"row {row}", max_pixels=max_pixels)
 
 
-def encode_mask(labels: np.ndarray) -> str:
+def encode_mask(mask: np.ndarray, labels: LabelSet = VOC_LABELS) -> str:
     """The palette PNG `tools.predict` writes (no metadata, so equal pixels give equal bytes), base64."""
     buffer = io.BytesIO()
-    label_png(labels).save(buffer, format="PNG")
+    label_png(mask, labels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def load_service_model(model_file: str | Path) -> tuple[torch.nn.Module, runtime.Runtime]:
-    """The network on this machine's device (a GPU when there is one), in eval mode, and the policy to run it."""
-    model = load_model(model_file)
+def load_service_model(model_file: str | Path) -> tuple[torch.nn.Module, runtime.Runtime, LabelSet]:
+    """The network on this machine's device (a GPU when there is one), in eval mode, the policy to run it and its
+    label set."""
+    model, labels = load_saved(model_file)
     policy = runtime.resolve("auto", network=model)
-    return policy.place_model(model).eval(), policy
+    return policy.place_model(model).eval(), policy, labels
 
 
 def check_rows(rows: int, max_rows: int) -> None:
@@ -55,11 +56,12 @@ def check_rows(rows: int, max_rows: int) -> None:
 
 
 def segment_encoded(model: torch.nn.Module, policy: runtime.Runtime, images: list[str], *,
-                    max_pixels: int | None = None, max_rows: int | None = None) -> list[str]:
+                    max_pixels: int | None = None, max_rows: int | None = None,
+                    labels: LabelSet = VOC_LABELS) -> list[str]:
     """One `mask_png` per encoded image, at the image's size; too many rows fail before any is decoded, and every
     row is decoded before any is segmented, so a bad row fails the request before the model spends time on the
     others."""
     if max_rows is not None:
         check_rows(len(images), max_rows)
     decoded = [decode_image(image, row, max_pixels) for row, image in enumerate(images)]
-    return [encode_mask(at_size(segment(model, pixels, policy), size)) for pixels, size in decoded]
+    return [encode_mask(at_size(segment(model, pixels, policy), size), labels) for pixels, size in decoded]

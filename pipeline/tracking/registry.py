@@ -1,4 +1,4 @@
-"""The MLflow model registry: every evaluated model is a version of `voc-<model key>` (registered by the evaluate
+"""The MLflow model registry: every evaluated model is a version of `<dataset>-<model key>` (registered by the evaluate
 stage, tagged with its val mIoU, the git commit and the DVC hash of its data), and `promote` points the
 `champion` alias at the best version, which is what `make serve` serves."""
 
@@ -14,8 +14,9 @@ SCORE_TAG = "val_miou"
 PROVENANCE_TAGS = ("git_commit", "git_dirty", "data_dvc_md5")
 
 
-def registered_name(key: str) -> str:
-    return f"voc-{key}"
+def registered_name(key: str, dataset: str = "voc") -> str:
+    """`voc-deeplab`: the dataset's name (`dataset.name`) and the model's key."""
+    return f"{dataset}-{key}"
 
 
 def version_tags(miou: float, provenance: dict[str, str]) -> dict[str, str]:
@@ -44,15 +45,15 @@ class Promotion:
         return f"{self.name}: {CHAMPION} moved from {before} to {now}"
 
 
-def promote(key: str) -> Promotion:
-    """Set `champion` on the version of `voc-<key>` with the highest val mIoU (the newest among equals)."""
+def promote(key: str, dataset: str = "voc") -> Promotion:
+    """Set `champion` on the version of `<dataset>-<key>` with the highest val mIoU (the newest among equals)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     configure_client()
     uri = tracking_uri()
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = registered_name(key)
+    name = registered_name(key, dataset)
     try:
         versions = {int(v.version): v for v in client.search_model_versions(f"name='{name}'")}
         try:

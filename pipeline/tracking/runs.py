@@ -17,6 +17,7 @@ import os
 import subprocess
 import tempfile
 import urllib.request
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,24 @@ class Tracker:
         history = self._do("read metric history",
                            lambda mlflow: mlflow.tracking.MlflowClient().get_metric_history(self.run_id, key))
         return {m.step for m in history or []}
+
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        """What the run trained on, in MLflow's dataset tracking (the runs table's Dataset column): the dataset's
+        name, the prepared data's content hash and where its files came from (a URL, or a local path)."""
+        def log(mlflow) -> None:
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.http_dataset_source import HTTPDatasetSource
+            from mlflow.data.meta_dataset import MetaDataset
+
+            if source.startswith(("http://", "https://")):
+                origin = HTTPDatasetSource(source)
+            else:
+                with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them local files
+                    warnings.simplefilter("ignore", UserWarning)
+                    origin = resolve_dataset_source(source if "://" in source else Path(source).absolute().as_uri())
+            mlflow.log_input(MetaDataset(origin, name=name, digest=digest[:36]), context="training")
+
+        self._do("log the dataset", log)
 
     def log_image(self, image, artifact_file: str) -> None:
         self._do(f"log {artifact_file}", lambda mlflow: mlflow.log_image(image, artifact_file=artifact_file))

@@ -24,14 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import NUM_CLASSES
 from pipeline.core.params import Params, TrainParams, as_flat_dict
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import Runtime, resolve
 from pipeline.evaluation.evaluate import evaluate
 from pipeline.models import build, set_batchnorm_momentum
 from pipeline.models.saved import save_model
-from pipeline.prepared.dataset import VOCPrepared
+from pipeline.prepared.dataset import PreparedSplit
 from pipeline.tracking.runs import Tracker, provenance_tags, run_name
 from pipeline.training import checkpoint, distributed
 from pipeline.training.augment import collate_samples
@@ -62,8 +61,8 @@ class Session:
     recipe: TrainParams
     world: distributed.World
     runtime: Runtime
-    train_set: VOCPrepared
-    val_set: VOCPrepared
+    train_set: PreparedSplit
+    val_set: PreparedSplit
     iters_per_epoch: int
     net: torch.nn.Module  # the bare network: what is checkpointed, validated and saved
     model: torch.nn.Module  # what the step calls: `net`, wrapped in DDP and/or compiled as asked
@@ -118,13 +117,13 @@ def set_up(key: str, params: Params, prepared: Path, checkpoint_dir: Path, devic
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
 
-    train_set, val_set = VOCPrepared(prepared, "train"), VOCPrepared(prepared, "val")
+    train_set, val_set = PreparedSplit(prepared, "train"), PreparedSplit(prepared, "val")
     iters_per_epoch = len(train_set) // (recipe.batch_size * world.world_size)
     if iters_per_epoch == 0:
         raise PipelineError(f"models.{key}: batch size {recipe.batch_size} × {world.world_size} process(es) is "
                             f"larger than the {len(train_set)} training images: lower train.batch_size")
 
-    net = build(model_params.architecture, model_params.options, num_classes=NUM_CLASSES,
+    net = build(model_params.architecture, model_params.options, num_classes=train_set.labels.num_classes,
                 where=f"models.{key}.options")
     if recipe.bn_momentum is not None:
         set_batchnorm_momentum(net, recipe.bn_momentum)
@@ -182,6 +181,9 @@ def start_tracking(session: Session, params: Params, prepared: Path) -> Tracker:
     tracker.set_tags({**provenance, "model": session.key, "device": str(session.runtime.device),
                       "world_size": session.world.world_size, "seed": session.recipe.seed,
                       "params_hash": session.run_hash})
+    digest = provenance["data_dvc_md5"]  # DVC's hash of the prepared data; outside DVC, its index's
+    tracker.log_dataset(params.dataset.name, data_fingerprint(prepared) if digest == "unknown" else digest,
+                        params.data.urls[0])
     log_epochs(tracker, session.history)
     return tracker
 
@@ -267,7 +269,7 @@ def finish(session: Session, tracker: Tracker | None, params: Params, model_file
     if session.world.is_main and model_file is not None:
         model_params = params.model(session.key)
         save_model(model_file, session.net, architecture=model_params.architecture, options=model_params.options,
-                   num_classes=NUM_CLASSES)
+                   labels=session.train_set.labels)
     if tracker is not None:
         tracker.log_metrics({"final_val_miou": summary["final_val_miou"], "best_val_miou": summary["best_val_miou"]})
         tracker.close("FINISHED")

@@ -1,0 +1,299 @@
+"""A dataset that is not VOC, in the folders layout with colour masks (devtools.synthetic.write_folders_dataset):
+its params, prepare's reading of every mask kind and each bad input, and the stages after it (train, evaluate,
+render, predict, the served model) following its own classes and colours."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from devtools.synthetic import FOLDERS_CLASSES, FOLDERS_COLORS, FOLDERS_IGNORE_COLOR, write_folders_dataset
+from pipeline.core.errors import PipelineError
+from pipeline.core.labels import IGNORE_INDEX, LabelSet, label_png
+from pipeline.core.params import DatasetParams, parse
+from pipeline.ingest.prepare import prepare
+from pipeline.prepared.dataset import PreparedSplit, read_label_set
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = {"name": "plates", "layout": "folders", "splits": {"train": "splits/train.txt", "val": "splits/val.txt"},
+           "classes": list(FOLDERS_CLASSES), "colors": [list(c) for c in FOLDERS_COLORS],
+           "ignore_color": list(FOLDERS_IGNORE_COLOR)}
+
+
+def dataset(**changes) -> DatasetParams:
+    return DatasetParams(**{**DATASET, **changes})
+
+
+@pytest.fixture(scope="module")
+def plates(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("plates") / "source"
+    write_folders_dataset(root)
+    return root
+
+
+@pytest.fixture
+def plates_copy(plates, tmp_path) -> Path:
+    copy = tmp_path / "source"
+    shutil.copytree(plates, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def prepared(plates, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    return out, prepare(plates, out, dataset=dataset(), workers=1, progress=False)
+
+
+# --- params ------------------------------------------------------------------------------------------------------
+
+def params_with(**dataset_changes) -> dict:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["prepare"]["train_set"] = "train"
+    raw["dataset"] = {**DATASET, **dataset_changes}
+    return raw
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"classes": ["background", "crack", "crack", "paint"]}, r"dataset\.classes: crack listed more than once"),
+    ({"classes": ["background"], "colors": None}, r"dataset\.classes: must list 2 to 255 class names, got 1"),
+    ({"colors": [[0, 0, 0], [1, 2, 3]]}, r"dataset\.colors: 2 colours for 4 classes"),
+    ({"colors": [[0, 0, 0], [1, 2, 3], [1, 2, 3], [4, 5, 6]]}, r"dataset\.colors: two classes share a colour"),
+    ({"colors": [[0, 0, 0], [1, 2, 3], [1, 2, 300], [4, 5, 6]]}, r"dataset\.colors\[2\]: must be \[red, green, blue\]"),
+    ({"ignore_index": 2}, r"dataset\.ignore_index: 2 is the index of class 'rust'"),
+    ({"ignore_color": [0, 0, 0]}, r"dataset\.ignore_color: \[0, 0, 0\] is also a class colour"),
+    ({"splits": None}, r"dataset\.splits, val_fraction: the folders layout needs exactly one"),
+    ({"val_fraction": 0.2}, r"dataset\.splits, val_fraction: the folders layout needs exactly one"),
+    ({"splits": {"train": "a.txt", "test": "b.txt"}}, r"dataset\.splits: must name the files of train and val"),
+    ({"layout": "voc"}, r"dataset\.splits, val_fraction: the voc layout reads its splits"),
+    ({"name": "my data"}, r"dataset\.name: must be letters, digits"),
+])
+def test_a_bad_dataset_section_is_one_line_naming_the_key(changes, message):
+    with pytest.raises(PipelineError, match=message) as error:
+        parse(params_with(**changes))
+    assert "\n" not in str(error.value)
+
+
+def test_trainaug_is_voc_only_and_names_follow_the_dataset():
+    raw = params_with()
+    raw["prepare"]["train_set"] = "trainaug"
+    with pytest.raises(PipelineError, match=r"prepare\.train_set: trainaug adds SBD's VOC labels.*set "
+                                            r"prepare\.train_set: train"):
+        parse(raw)
+    raw = params_with()
+    del raw["tracking"]
+    assert parse(raw).tracking.experiment == "plates-segmentation"
+    assert parse(yaml.safe_load((REPO / "params.yaml").read_text())).tracking.experiment == "voc-segmentation"
+
+
+# --- prepare -----------------------------------------------------------------------------------------------------
+
+def test_colour_masks_become_class_indices_with_the_ignore_value(prepared, plates):
+    out, stats = prepared
+    val = PreparedSplit(out, "val")
+    assert read_label_set(out) == LabelSet.of("plates", FOLDERS_CLASSES, FOLDERS_COLORS) == val.labels
+    assert val.ids == (plates / "splits/val.txt").read_text().split()
+    palette = {tuple(colour): index for index, colour in enumerate(FOLDERS_COLORS)}
+    palette[FOLDERS_IGNORE_COLOR] = IGNORE_INDEX
+    for i, image_id in enumerate(val.ids):
+        rgb = np.array(Image.open(plates / "masks" / f"{image_id}.png"))
+        expected = np.vectorize(lambda r, g, b: palette[(r, g, b)])(rgb[..., 0], rgb[..., 1], rgb[..., 2])
+        assert (val[i][1].numpy() == expected).all(), image_id
+    assert list(stats["train"]["class_pixels"]) == list(FOLDERS_CLASSES)
+    assert stats["train"]["sources"] == {"plates": len(PreparedSplit(out, "train"))}
+    assert all(stats[split]["class_pixels"][name] > 0 for split in ("train", "val") for name in FOLDERS_CLASSES)
+
+
+@pytest.mark.parametrize("kind", ["palette", "single-channel"])
+def test_palette_and_single_channel_masks_give_the_same_arrays(prepared, plates_copy, tmp_path, kind):
+    out, _ = prepared
+    palette = {tuple(colour): index for index, colour in enumerate(FOLDERS_COLORS)}
+    for mask in (plates_copy / "masks").glob("*.png"):
+        rgb = np.array(Image.open(mask))
+        index = np.full(rgb.shape[:2], 7, dtype=np.uint8)  # 7: the ignore value of these masks
+        for colour, value in palette.items():
+            index[(rgb == colour).all(axis=-1)] = value
+        labels = LabelSet.of("plates", FOLDERS_CLASSES, FOLDERS_COLORS)
+        (label_png(index, labels) if kind == "palette" else Image.fromarray(index)).save(mask)
+    prepare(plates_copy, tmp_path / "p", dataset=dataset(ignore_index=7), workers=1, progress=False)
+    for name in ("train/labels.npy", "val/labels.npy", "train/images.npy"):
+        assert (tmp_path / "p" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_val_fraction_draws_the_same_split_from_the_same_seed(plates, tmp_path):
+    by_fraction = dataset(splits=None, val_fraction=0.25)
+    first = prepare(plates, tmp_path / "a", dataset=by_fraction, workers=1, seed=3, progress=False)
+    again = prepare(plates, tmp_path / "b", dataset=by_fraction, workers=1, seed=3, progress=False)
+    other = prepare(plates, tmp_path / "c", dataset=by_fraction, workers=1, seed=4, progress=False)
+    assert first == again and first["val"]["ids"] != other["val"]["ids"]
+    assert first["val"]["images"] == 12 and first["train"]["images"] == 36
+    assert first["val"]["ids"] == PreparedSplit(tmp_path / "a", "val").ids == sorted(first["val"]["ids"])
+    assert not set(first["val"]["ids"]) & set(PreparedSplit(tmp_path / "a", "train").ids)
+
+
+def _first_val(root: Path) -> str:
+    return (root / "splits/val.txt").read_text().split()[0]
+
+
+def _unknown_colour(root):
+    path = root / "masks" / f"{_first_val(root)}.png"
+    rgb = np.array(Image.open(path))
+    rgb[0, :4] = (9, 9, 9)
+    Image.fromarray(rgb).save(path)
+    return path, r"colours \(9, 9, 9\) \(4 pixels\) are not in dataset.colors"
+
+
+def _value_not_a_class(root):
+    path = root / "masks" / f"{_first_val(root)}.png"
+    values = np.zeros(Image.open(path).size[::-1], dtype=np.uint8)
+    values[:2, :3] = 9
+    Image.fromarray(values).save(path)
+    return path, r"mask values 9 \(6 pixels\) are neither a class \(0..3\) nor the ignore value 255"
+
+
+def _mask_without_image(root):
+    path = root / "images" / f"{_first_val(root)}.jpg"
+    path.unlink()
+    return root / "masks" / path.with_suffix(".png").name, r"no image plate-\d+\.jpg, \.jpeg or \.png in"
+
+
+def _image_without_mask(root):
+    path = root / "masks" / f"{_first_val(root)}.png"
+    path.unlink()
+    return root / "images" / path.with_suffix(".jpg").name, r"no mask .*\.png; every image needs its mask"
+
+
+def _sizes_differ(root):
+    path = root / "masks" / f"{_first_val(root)}.png"
+    mask = Image.open(path)
+    mask.crop((0, 0, mask.width - 2, mask.height)).save(path)
+    return path, r"label is \d+×\d+ but image plate-\d+\.jpg is \d+×\d+"
+
+
+def _in_both_splits(root):
+    train = root / "splits/train.txt"
+    train.write_text(train.read_text() + _first_val(root) + "\n")
+    return "train.txt and val.txt", r"both list plate-\d+; the splits must be disjoint"
+
+
+def _empty_split(root):
+    path = root / "splits/val.txt"
+    path.write_text("\n")
+    return path, r"lists no ids"
+
+
+def _unknown_id(root):
+    path = root / "splits/val.txt"
+    path.write_text(path.read_text() + "plate-999\n")
+    return path, r"lists plate-999, with no image in"
+
+
+@pytest.mark.parametrize("breakage", [_unknown_colour, _value_not_a_class, _mask_without_image, _image_without_mask,
+                                      _sizes_differ, _in_both_splits, _empty_split, _unknown_id])
+def test_each_bad_input_is_one_line_naming_the_file_and_writes_nothing(plates_copy, tmp_path, breakage):
+    where, problem = breakage(plates_copy)
+    with pytest.raises(PipelineError) as error:
+        prepare(plates_copy, tmp_path / "out", dataset=dataset(), workers=1, progress=False)
+    message = str(error.value)
+    assert message.startswith(f"{where}") and "\n" not in message, message
+    assert re.search(problem, message), message
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name != "source"]
+
+
+def test_a_truncated_prepared_array_is_one_line_saying_to_rerun_prepare(prepared, tmp_path):
+    out, _ = prepared
+    copy = tmp_path / "prepared"
+    shutil.copytree(out, copy)
+    labels = copy / "val/labels.npy"
+    labels.write_bytes(labels.read_bytes()[:-100])  # a full disk or an interrupted copy
+    with pytest.raises(PipelineError, match=rf"^{re.escape(str(labels))}: \d+ of its \d+ bytes of data are on disk "
+                                            r"\(truncated.*rerun the prepare stage \(dvc repro prepare\)$"):
+        PreparedSplit(copy, "val")
+
+
+# --- the stages after prepare ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def project(prepared, tmp_path_factory) -> Path:
+    """A working directory whose params.yaml describes the plates dataset, with a small FCN trained and evaluated
+    by the real stages."""
+    out, _ = prepared
+    root = tmp_path_factory.mktemp("own-data")
+    shutil.copytree(out, root / "data/prepared")
+    raw = params_with()
+    del raw["tracking"]
+    raw["train"].update({"epochs": 3, "batch_size": 4, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0,
+                         "lr_schedule": "cosine", "crop_size": [64, 64], "scale_range": [0.75, 1.25], "workers": 0,
+                         "device": "cpu", "amp": False, "val_every": 3})
+    raw["models"] = {"fcn": {"architecture": "fcn", "options": {"variant": "fcn32s"}}}
+    raw["render"] = {"ids": PreparedSplit(out, "val").ids[:1], "worst_k": 1}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for stage_args in (("stages.train", "--model", "fcn", "--no-progress"), ("stages.evaluate", "--model", "fcn"),
+                       ("stages.render", "--model", "fcn")):
+        run(root, *stage_args)
+    return root
+
+
+def run(root: Path, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    result = subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def palette_colours(png: Path) -> dict[int, tuple[int, int, int]]:
+    with Image.open(png) as image:
+        assert image.mode == "P"
+        palette = image.getpalette()
+        return {int(i): tuple(palette[3 * i:3 * i + 3]) for i in np.unique(np.array(image))}
+
+
+@pytest.mark.slow
+def test_train_evaluate_render_and_predict_follow_the_datasets_classes_and_colours(project, plates, tmp_path):
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    state = torch.load(project / "models/fcn/model.pt", weights_only=True)
+    assert state["num_classes"] == 4 and state["labels"]["classes"] == list(FOLDERS_CLASSES)
+    assert state["state_dict"]["score.weight"].shape[0] == 4
+
+    metrics = json.loads((project / "metrics/fcn.json").read_text())
+    # Three epochs on 32 images: the objects are barely learned, but the scores are the dataset's four classes.
+    assert sorted(metrics["iou"]) == sorted(FOLDERS_CLASSES) and metrics["iou"]["background"] > 0.5, metrics
+    per_class = (project / "metrics/fcn/per_class.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in per_class[1:]] == list(FOLDERS_CLASSES)
+    for png in sorted((project / "predictions/fcn").glob("*.png"))[:5]:
+        assert all(FOLDERS_COLORS[i] == colour for i, colour in palette_colours(png).items())
+    panels = sorted((project / "renders/fcn").glob("0*.png"))
+    assert len(panels) == 2 and (project / "renders/fcn/confusion.png").is_file()
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("plates-segmentation")
+    run_ = client.search_runs([experiment.experiment_id])[0]
+    (logged,) = run_.inputs.dataset_inputs
+    assert logged.dataset.name == "plates" and logged.dataset.digest
+    assert client.get_registered_model("plates-fcn").name == "plates-fcn"
+
+    photo = sorted((plates / "images").glob("*.jpg"))[0]
+    run(project, "tools.predict", "--model", "fcn", str(photo), "--out", str(tmp_path / "out"))
+    mask = tmp_path / "out" / f"{photo.stem}.png"
+    assert all(FOLDERS_COLORS[i] == colour for i, colour in palette_colours(mask).items())
+
+    import base64
+
+    from pipeline.serving.service import load_service_model, segment_encoded
+
+    model, policy, labels = load_service_model(project / "models/fcn/model.pt")
+    (encoded,) = segment_encoded(model, policy, [base64.b64encode(photo.read_bytes()).decode()], labels=labels)
+    served = tmp_path / "served.png"
+    served.write_bytes(base64.b64decode(encoded))
+    assert served.read_bytes() == mask.read_bytes()
