@@ -98,9 +98,9 @@ def run(workdir: Path, *, models: list[str], base_params: dict, epochs: int = 2,
                   max_size=sizes[1], voc_shaped=True)
     data = {"generate_seconds": time.perf_counter() - started, "train_images": n_train, "val_images": n_val,
             "sizes": list(sizes)}
-    data["extract_seconds"] = _stage(workdir, "stages.extract", "--tar", "voc.tar", "--out", "data/VOCdevkit")
+    data["extract_seconds"] = _stage(workdir, "stages.extract", "--archive", "voc.tar", "--out", "data/source")
     (workdir / "data/SBD").mkdir(parents=True, exist_ok=True)
-    data["prepare_seconds"] = _stage(workdir, "stages.prepare", "--voc", "data/VOCdevkit", "--sbd", "data/SBD",
+    data["prepare_seconds"] = _stage(workdir, "stages.prepare", "--source", "data/source", "--sbd", "data/SBD",
                                      "--out", "data/prepared", "--metrics", "metrics/data.json")
     results: dict[str, Any] = {"data": data, "epochs": epochs, "device": device, "models": {}}
     on_progress(results)

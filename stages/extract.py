@@ -1,28 +1,41 @@
-"""Stage `extract`: unpack the segmentation subset of the VOC tar as the VOCdevkit directory <out> (<out>/VOC2012).
+"""Stage `extract`: unpack the dataset's archive as <out>, the tree prepare reads: VOC's segmentation subset as
+<out>/VOC2012 (dataset.layout voc), or a folders dataset's tar, tar.gz or zip whole. With data.path naming your own
+directory there is nothing to unpack, and <out> is left empty.
 
-    python -m stages.extract [--tar data/raw/VOCtrainval_11-May-2012.tar] [--out data/VOCdevkit]
+    python -m stages.extract [--archive data/raw/source.archive] [--out data/source]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pipeline.core import layout
+from pipeline.core.atomic import atomic_dir
 from pipeline.core.cli import run_stage
-from pipeline.ingest.archive import extract_segmentation
+from pipeline.core.params import load
+from pipeline.ingest.archive import extract_source
+
+log = logging.getLogger("stages.extract")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tar", type=Path, default=layout.VOC_TAR)
-    parser.add_argument("--out", type=Path, default=layout.VOC_DEVKIT, help="the VOCdevkit directory to create")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--archive", type=Path, default=layout.SOURCE_ARCHIVE)
+    parser.add_argument("--out", type=Path, default=layout.SOURCE, help="the dataset's directory to create")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    extract_segmentation(args.tar, args.out)
+    params = load(args.params)
+    if params.data.from_directory:
+        log.info("data.path is %s: the dataset is read from there, nothing to extract", params.data.path)
+        with atomic_dir(args.out):
+            return
+    extract_source(args.archive, args.out, params.dataset)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage `prepare`: check the pairs of the train set (VOC train, or trainaug with SBD) and of val, or those of the
 dataset that params.yaml's `dataset` describes, and pack them into memory-mappable arrays, with statistics.
 
-    python -m stages.prepare [--voc|--source data/VOCdevkit] [--sbd data/SBD] [--out data/prepared]
+    python -m stages.prepare [--source data/source] [--sbd data/SBD] [--out data/prepared]
                              [--metrics metrics/data.json]
 """
 
@@ -23,8 +23,8 @@ log = logging.getLogger("stages.prepare")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--voc", "--source", type=Path, default=layout.VOC_DEVKIT,
-                        help="the dataset's source: the extracted VOCdevkit, or a folders-layout root")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="the dataset's tree; default data.path (data/source: the extracted archive)")
     parser.add_argument("--sbd", type=Path, default=layout.SBD_DIR, help="the extracted SBD (read for trainaug)")
     parser.add_argument("--out", type=Path, default=layout.PREPARED)
     parser.add_argument("--metrics", type=Path, default=layout.DATA_METRICS)
@@ -34,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load(args.params)
-    stats = prepare(args.voc, args.out, dataset=params.dataset, workers=params.prepare.workers,
-                    train_set=params.prepare.train_set, sbd_root=args.sbd, seed=params.prepare.seed)
+    stats = prepare(args.source or Path(params.data.path), args.out, dataset=params.dataset,
+                    workers=params.prepare.workers, train_set=params.prepare.train_set, sbd_root=args.sbd,
+                    seed=params.prepare.seed)
     write_json(args.metrics, stats)
     for split, split_stats in stats.items():
         log.info("%s (%s): %d images (%s), %.1f %% void, sha256 %s", split, split_stats["set"], split_stats["images"],

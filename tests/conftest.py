@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -80,10 +81,24 @@ def offline_params(voc_tar: Path, sbd_tgz: Path) -> dict:
     return raw
 
 
-def dvc(project: Path, *args: str) -> str:
-    """`dvc *args` in `project` with this venv's tools first on PATH (stage commands say `python`); its output."""
+def dvc_project(root: Path, params: dict) -> Path:
+    """A copy of the pipeline's definition and code in a fresh git + DVC repository at `root`, with `params` as its
+    params.yaml: where a test runs the real `dvc repro`."""
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("pipeline", "stages"):
+        shutil.copytree(repo / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    return root
+
+
+def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """`dvc *args` in `project` with this venv's tools first on PATH (stage commands say `python`), and `env` added
+    to the environment; its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
+           "DVC_NO_ANALYTICS": "1", **(env or {})}
     result = subprocess.run(["dvc", *args], cwd=project, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr

@@ -1,11 +1,14 @@
-"""pipeline.ingest.archive.extract_segmentation on small tars with the VOC layout, honest and hostile."""
+"""pipeline.ingest.archive on small archives, honest and hostile: VOC's tar (extract_segmentation) and a folders
+dataset's tar, tar.gz or zip (extract_folders)."""
 
 from __future__ import annotations
 
 import io
 import shutil
+import stat
 import subprocess
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ from PIL import Image
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import flat_palette
-from pipeline.ingest.archive import extract_segmentation
+from pipeline.core.params import DatasetParams
+from pipeline.ingest.archive import extract_folders, extract_segmentation, extract_source
 
 ROOT = "VOCdevkit/VOC2012"
 TRAIN, VAL = ["2007_000032", "2007_000039"], ["2007_000033"]
@@ -201,3 +205,102 @@ def test_missing_split_file_or_listed_image(tmp_path, missing):
 def test_missing_tar(tmp_path):
     with pytest.raises(PipelineError, match="not found; run the download stage first"):
         extract_segmentation(tmp_path / "voc.tar", tmp_path / "data" / "VOCdevkit", progress=False)
+
+
+# --- a folders dataset's tar, tar.gz or zip --------------------------------------------------------------------
+
+FOLDERS_FILES = {"images/a.jpg": jpeg(1), "images/b.jpg": jpeg(2), "masks/a.png": png(1), "masks/b.png": png(2),
+                 "splits/train.txt": b"a\n", "splits/val.txt": b"b\n"}
+
+
+def write_zip(path, files: dict[str, bytes], link: str | None = None):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zip_file:
+        for name, data in files.items():
+            zip_file.writestr(name, data)
+        if link is not None:  # a symbolic link, as `zip --symlinks` stores one: its mode in the external attributes
+            info = zipfile.ZipInfo(link)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zip_file.writestr(info, "/etc/passwd")
+    return path
+
+
+def write_tgz(path, files: dict[str, bytes]):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("pack, prefix", [(write_zip, ""), (write_zip, "plates/"), (write_tgz, ""),
+                                          (write_tgz, "plates/"), (write_tar, "plates/")])
+def test_a_folders_archive_is_unpacked_whole_from_its_root(tmp_path, pack, prefix):
+    files = {f"{prefix}{name}": data for name, data in FOLDERS_FILES.items()}
+    files["__MACOSX/plates/._a.jpg"] = b"resource fork"  # what macOS's archiver adds: skipped
+    files[f"{prefix}images/._b.jpg"] = b"resource fork"
+    archive = pack(tmp_path / "source.archive", files)  # the download stage's name: the format is read from content
+    out = tmp_path / "data" / "source"
+    counts = extract_folders(archive, out, images="images", masks="masks", progress=False)
+    assert counts == {"files": 6, "images": 2, "masks": 2}
+    assert all_files(out) == sorted(FOLDERS_FILES)
+    assert (out / "masks/a.png").read_bytes() == FOLDERS_FILES["masks/a.png"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["source"]  # no temporary directory left
+
+
+def zip_with(tmp_path, **member) -> tuple:
+    files = dict(FOLDERS_FILES)
+    files.update(member.get("files", {}))
+    return write_zip(tmp_path / "plates.zip", files, link=member.get("link"))
+
+
+@pytest.mark.parametrize("member, problem", [
+    ({"files": {"../../evil.txt": b"x"}}, r"'\.\.\./\.\./evil\.txt'|'\.\.' in its path"),
+    ({"files": {"/etc/evil": b"x"}}, "absolute path"),
+    ({"link": "images/c.jpg"}, "symbolic link"),
+])
+def test_a_hostile_zip_member_is_refused_and_nothing_is_written(tmp_path, member, problem):
+    out = tmp_path / "data" / "source"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "kept.jpg").write_bytes(b"earlier")
+    with pytest.raises(PipelineError, match=rf"plates\.zip: refusing to extract member .*{problem}"):
+        extract_folders(zip_with(tmp_path, **member), out, images="images", masks="masks", progress=False)
+    assert all_files(out) == ["images/kept.jpg"]  # the earlier tree, untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["source"]
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_a_tgz_member_outside_the_root_is_refused(tmp_path):
+    archive = write_tgz(tmp_path / "plates.tar.gz", {**FOLDERS_FILES, "../evil.txt": b"x"})
+    with pytest.raises(PipelineError, match=r"refusing to extract member '\.\./evil\.txt' \('\.\.' in its path\)"):
+        extract_folders(archive, tmp_path / "out", images="images", masks="masks", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_an_archive_without_the_folders_names_them(tmp_path):
+    archive = write_zip(tmp_path / "plates.zip", {"photos/a.jpg": jpeg(1), "masks/a.png": png(1)})
+    with pytest.raises(PipelineError, match=r"plates\.zip: no images/ and masks/ at its top or in its one top-level "
+                                            r"folder \(dataset\.images, dataset\.masks\)"):
+        extract_folders(archive, tmp_path / "out", images="images", masks="masks", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_no_archive_or_a_truncated_one_is_one_line(tmp_path):
+    (tmp_path / "page.html").write_bytes(b"<html>a mirror's error page</html>" * 50)
+    with pytest.raises(PipelineError, match=r"page\.html: not a tar, tar\.gz or zip archive"):
+        extract_folders(tmp_path / "page.html", tmp_path / "out", images="images", masks="masks", progress=False)
+    whole = write_tgz(tmp_path / "whole.tar.gz", FOLDERS_FILES).read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(PipelineError, match=r"cut\.tar\.gz: .*(truncated|corrupt)"):
+        extract_folders(tmp_path / "cut.tar.gz", tmp_path / "out", images="images", masks="masks", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_voc_layout_from_a_compressed_archive_says_how_to_repack_it(tmp_path):
+    archive = write_zip(tmp_path / "voc.zip", voc_files())
+    with pytest.raises(PipelineError, match=r"voc\.zip: a zip archive; the voc layout is read from an uncompressed "
+                                            r"tar like VOC's own"):
+        extract_source(archive, tmp_path / "out", DatasetParams(), progress=False)
+    tar = write_tar(tmp_path / "voc.tar", voc_files())
+    counts = extract_source(tar, tmp_path / "out", DatasetParams(), progress=False)
+    assert counts["labels"] == 3 and (tmp_path / "out/VOC2012/ImageSets/Segmentation/val.txt").is_file()

@@ -79,11 +79,12 @@ def expand_code_dep(path: str) -> set[str]:
 def rendered_stages() -> dict[str, dict]:
     """dvc.yaml's stages with `foreach` expanded over params.yaml's models, as `dvc repro` sees them."""
     definition = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    models = params["models"]
     stages = {}
     for name, stage in definition["stages"].items():
         if "foreach" not in stage:
-            stages[name] = stage
+            stages[name] = yaml.safe_load(yaml.safe_dump(stage).replace("${data.path}", params["data"]["path"]))
             continue
         for key in models:
             text = yaml.safe_dump(stage["do"]).replace("${key}", key)
@@ -126,6 +127,8 @@ def test_paths_passed_are_the_declared_inputs_and_outputs_and_the_layout_default
     if "--model" in selector:
         model_paths = vars(layout.model_paths(argv[argv.index("--model") + 1]))
         defaults = {k: model_paths.get(k, v) if v is None else v for k, v in defaults.items()}
+    if "source" in defaults and defaults["source"] is None:  # prepare reads data.path when not told
+        defaults["source"] = Path(yaml.safe_load((REPO / "params.yaml").read_text())["data"]["path"])
     assert given == defaults, f"{name}: dvc.yaml's paths differ from pipeline/core/layout.py's"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -165,7 +166,7 @@ def test_a_checkpoint_on_a_full_disk_is_one_message_and_the_previous_one_is_kept
 
 def test_prepare_on_a_full_disk_says_so_before_writing_and_leaves_nothing(tmp_path, voc_tree, sbd_dir):
     with small_filesystem(tmp_path / "small", "256k") as small:
-        result = run(REPO, "stages.prepare", "--voc", str(voc_tree), "--sbd", str(sbd_dir),
+        result = run(REPO, "stages.prepare", "--source", str(voc_tree), "--sbd", str(sbd_dir),
                      "--out", str(small / "prepared"),
                      "--metrics", str(tmp_path / "data.json"))
         assert "no space left on" in one_line_error(result) and "need about" in result.stderr
@@ -208,13 +209,14 @@ def test_a_killed_extract_leaves_a_temporary_that_the_next_extract_removes(tmp_p
             "    os.kill(os.getpid(), signal.SIGKILL)\n"
             "p.Progress.update = killed\n"
             "from stages.extract import main\n"
-            f"main(['--tar', {str(voc_tar)!r}, '--out', 'data/VOCdevkit'])\n")
+            f"main(['--archive', {str(voc_tar)!r}, '--out', 'data/source'])\n")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # extract reads dataset.layout
     first = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert first.returncode == -9
     assert [p.name for p in (tmp_path / "data").iterdir() if p.name.endswith(".tmp")]  # what SIGKILL left
-    second = run(tmp_path, "stages.extract", "--tar", str(voc_tar), "--out", "data/VOCdevkit")
+    second = run(tmp_path, "stages.extract", "--archive", str(voc_tar), "--out", "data/source")
     assert second.returncode == 0, second.stderr
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["VOCdevkit"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["source"]
 
 
 # --- 9. read-only outputs and params that cannot be read ------------------------------------------------------
@@ -235,7 +237,7 @@ def read_only_dir(path: Path):
 
 def test_read_only_outputs_are_one_line_naming_the_directory(tmp_path, voc_tree, voc_tar, sbd_dir):
     with read_only_dir(tmp_path / "ro") as ro:
-        prepared = run(REPO, "stages.prepare", "--voc", str(voc_tree), "--sbd", str(sbd_dir),
+        prepared = run(REPO, "stages.prepare", "--source", str(voc_tree), "--sbd", str(sbd_dir),
                        "--out", str(ro / "prepared"),
                        "--metrics", str(tmp_path / "data.json"))
         assert f"cannot write in {ro}" in one_line_error(prepared)

@@ -4,17 +4,20 @@ render, predict, the served model) following its own classes and colours."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import dvc, dvc_project
 from PIL import Image
 
 from devtools.synthetic import FOLDERS_CLASSES, FOLDERS_COLORS, FOLDERS_IGNORE_COLOR, write_folders_dataset
@@ -25,7 +28,8 @@ from pipeline.ingest.prepare import prepare
 from pipeline.prepared.dataset import PreparedSplit, read_label_set
 
 REPO = Path(__file__).resolve().parents[1]
-DATASET = {"name": "plates", "layout": "folders", "splits": {"train": "splits/train.txt", "val": "splits/val.txt"},
+DATASET = {"name": "plates", "layout": "folders", "images": "images", "masks": "masks",
+           "splits": {"train": "splits/train.txt", "val": "splits/val.txt"},
            "classes": list(FOLDERS_CLASSES), "colors": [list(c) for c in FOLDERS_COLORS],
            "ignore_color": list(FOLDERS_IGNORE_COLOR)}
 
@@ -81,6 +85,28 @@ def test_a_bad_dataset_section_is_one_line_naming_the_key(changes, message):
     with pytest.raises(PipelineError, match=message) as error:
         parse(params_with(**changes))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("path, inside", [("data/prepared/plates", "data/prepared"),
+                                          ("data/source/plates", "data/source"), ("data/raw/plates", "data/raw")])
+def test_a_dataset_directory_inside_a_stage_output_is_refused(path, inside):
+    raw = params_with()
+    raw["data"]["path"] = path
+    with pytest.raises(PipelineError, match=rf"data\.path: {path} is inside {inside}, which a stage rewrites whole"):
+        parse(raw)
+
+
+def test_a_directory_source_needs_no_archive_and_an_archive_source_needs_its_url():
+    raw = params_with()
+    raw["data"] = {"urls": [], "md5": None, "size": None, "path": "data/plates"}
+    data = parse(raw).data
+    assert data.from_directory and data.origin == "data/plates"
+    raw["data"]["path"] = "data/source"
+    with pytest.raises(PipelineError, match=r"data\.md5: missing"):
+        parse(raw)
+    raw["data"]["md5"] = "0" * 32
+    with pytest.raises(PipelineError, match=r"data\.urls: list at least one URL.* or set data\.path to a directory"):
+        parse(raw)
 
 
 def test_trainaug_is_voc_only_and_names_follow_the_dataset():
@@ -222,24 +248,48 @@ def test_a_truncated_prepared_array_is_one_line_saying_to_rerun_prepare(prepared
 
 # --- the stages after prepare ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def project(prepared, tmp_path_factory) -> Path:
-    """A working directory whose params.yaml describes the plates dataset, with a small FCN trained and evaluated
-    by the real stages."""
-    out, _ = prepared
-    root = tmp_path_factory.mktemp("own-data")
-    shutil.copytree(out, root / "data/prepared")
-    raw = params_with()
-    del raw["tracking"]
+def small_recipe(raw: dict, val_ids: list[str]) -> dict:
+    """`raw` with a three-epoch FCN-32s recipe that a CPU runs in seconds on the plates."""
     raw["train"].update({"epochs": 3, "batch_size": 4, "optimizer": "adam", "lr": 0.003, "weight_decay": 0.0,
                          "lr_schedule": "cosine", "crop_size": [64, 64], "scale_range": [0.75, 1.25], "workers": 0,
                          "device": "cpu", "amp": False, "val_every": 3})
     raw["models"] = {"fcn": {"architecture": "fcn", "options": {"variant": "fcn32s"}}}
-    raw["render"] = {"ids": PreparedSplit(out, "val").ids[:1], "worst_k": 1}
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    for stage_args in (("stages.train", "--model", "fcn", "--no-progress"), ("stages.evaluate", "--model", "fcn"),
-                       ("stages.render", "--model", "fcn")):
-        run(root, *stage_args)
+    raw["render"] = {"ids": val_ids[:1], "worst_k": 1}
+    raw["export"] = {"check_sizes": [[72, 88], [64, 96], [57, 75]]}
+    raw["prepare"]["workers"] = 1
+    return raw
+
+
+@pytest.fixture(scope="module")
+def plates_zip_url(plates, tmp_path_factory):
+    """The plates as a zip with one top-level folder (how people share a dataset), served over HTTP by a real
+    server process on 127.0.0.1; its URL and file."""
+    served = tmp_path_factory.mktemp("served")
+    with zipfile.ZipFile(served / "plates.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(plates.rglob("*")):
+            archive.write(path, Path("plates") / path.relative_to(plates))
+    server = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory",
+                               str(served)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = re.search(r"port (\d+)", server.stdout.readline()).group(1)
+        yield f"http://127.0.0.1:{port}/plates.zip", served / "plates.zip"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def project(plates_zip_url, prepared, tmp_path_factory) -> Path:
+    """The pipeline run by `dvc repro` from the plates' zip: download over HTTP, extract, prepare, then a small FCN
+    trained, exported, evaluated and rendered by the real stages."""
+    url, archive = plates_zip_url
+    raw = small_recipe(params_with(), PreparedSplit(prepared[0], "val").ids)
+    raw["data"] = {"urls": [url], "md5": hashlib.md5(archive.read_bytes()).hexdigest(),
+                   "size": archive.stat().st_size, "path": "data/source"}
+    root = dvc_project(tmp_path_factory.mktemp("own-data"), raw)
+    out = dvc(root, "repro", env={"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"})
+    for stage in ("download", "extract", "prepare", "train@fcn", "export@fcn", "evaluate@fcn", "render@fcn"):
+        assert f"Running stage '{stage}'" in out
     return root
 
 
@@ -258,9 +308,15 @@ def palette_colours(png: Path) -> dict[int, tuple[int, int, int]]:
 
 
 @pytest.mark.slow
-def test_train_evaluate_render_and_predict_follow_the_datasets_classes_and_colours(project, plates, tmp_path):
+def test_dvc_repro_from_a_zip_trains_evaluates_renders_predicts_and_serves_in_the_datasets_classes(
+        project, prepared, plates, tmp_path):
     import torch
     from mlflow.tracking import MlflowClient
+
+    # The prepared arrays are those of prepare run on the directory itself: the zip round trip changed no byte.
+    assert PreparedSplit(project / "data/prepared", "val").ids == PreparedSplit(prepared[0], "val").ids
+    for name in ("images.npy", "labels.npy"):
+        assert (project / "data/prepared/train" / name).read_bytes() == (prepared[0] / "train" / name).read_bytes()
 
     state = torch.load(project / "models/fcn/model.pt", weights_only=True)
     assert state["num_classes"] == 4 and state["labels"]["classes"] == list(FOLDERS_CLASSES)
@@ -297,3 +353,31 @@ def test_train_evaluate_render_and_predict_follow_the_datasets_classes_and_colou
     served = tmp_path / "served.png"
     served.write_bytes(base64.b64decode(encoded))
     assert served.read_bytes() == mask.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_directory_source_is_prepares_dependency_and_nothing_is_downloaded(plates, prepared, tmp_path):
+    raw = params_with()
+    raw["data"] = {"urls": [], "md5": None, "size": None, "path": "data/plates"}
+    raw["prepare"]["workers"] = 1
+    root = dvc_project(tmp_path / "project", raw)
+    shutil.copytree(plates, root / "data/plates")
+    first = dvc(root, "repro", "prepare")
+    assert "Running stage 'prepare'" in first and "Running stage 'download'" not in first  # not upstream now
+    # A whole `dvc repro` still runs download and extract: they leave placeholders and fetch nothing.
+    placeholders = dvc(root, "repro", "extract")
+    assert "nothing to download" in placeholders and "nothing to extract" in placeholders
+    assert (root / "data/raw/source.archive").stat().st_size == 0 and list((root / "data/source").iterdir()) == []
+    for name in ("images.npy", "labels.npy"):
+        assert (root / "data/prepared/val" / name).read_bytes() == (prepared[0] / "val" / name).read_bytes()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert "data/plates" in [dep["path"] for dep in lock["stages"]["prepare"]["deps"]]
+
+    # One edited mask makes prepare stale, and not the stages of the archive.
+    mask = sorted((root / "data/plates/masks").glob("*.png"))[0]
+    pixels = np.array(Image.open(mask).convert("RGB"))
+    pixels[0, 0] = FOLDERS_COLORS[1]
+    Image.fromarray(pixels).save(mask)
+    assert "data/plates" in dvc(root, "status", "prepare")
+    assert "Data and pipelines are up to date." in dvc(root, "status", "extract")
+    assert "Running stage 'prepare'" in dvc(root, "repro", "prepare")

@@ -4,13 +4,11 @@ prepare.train_set: train, SBD is never fetched."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dvc, offline_params
+from conftest import dvc, dvc_project, offline_params
 
 from pipeline.prepared.dataset import PreparedSplit
 
@@ -21,13 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def project(tmp_path, voc_tar, sbd_tgz) -> Path:
     """A copy of the pipeline definition and code in a fresh git + DVC repository, with params pointing at the
     generated tar and tgz through file:// URLs."""
-    for name in ("pipeline", "stages"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(offline_params(voc_tar, sbd_tgz)))
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    dvc(tmp_path, "init", "-q")
-    return tmp_path
+    return dvc_project(tmp_path, offline_params(voc_tar, sbd_tgz))
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ TINY_TRAIN = {"epochs": 2, "batch_size": 4, "optimizer": "adam", "lr": 0.003, "w
               "lr_schedule": "cosine", "warmup_epochs": 0, "crop_size": [48, 48], "scale_range": [0.75, 1.25],
               "workers": 0, "device": "cpu", "amp": False, "bn_momentum": 0.1}
 CACHED_FILES = ("models/fcn/model.pt", "models/fcn/mlflow_run.json", "renders/compare.png")
-CACHED_DIRS = ("data/prepared", "data/VOCdevkit", "data/SBD", "predictions/fcn", "renders/fcn")
+CACHED_DIRS = ("data/prepared", "data/source", "data/SBD", "predictions/fcn", "renders/fcn")
 
 
 def environment(tracking_uri: str | None) -> dict[str, str]:

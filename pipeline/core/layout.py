@@ -11,9 +11,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-VOC_TAR = Path("data/raw/VOCtrainval_11-May-2012.tar")
-DATA = Path("data")  # extract writes data/VOCdevkit/VOC2012 here
-VOC_DEVKIT = DATA / "VOCdevkit"
+DATA = Path("data")
+# The archive data.urls name (VOC's tar by default), whatever its format: extract reads tar, tar.gz or zip by content.
+SOURCE_ARCHIVE = DATA / "raw" / "source.archive"
+# The dataset's tree as prepare reads it (data.path's default): extract unpacks the archive here, VOC's as
+# data/source/VOC2012, a folders dataset as data/source/{images,masks,...}.
+SOURCE = DATA / "source"
 SBD_TGZ = Path("data/raw/benchmark.tgz")  # SBD's archive: a download cache, not a DVC output (see stages/sbd.py)
 SBD_DIR = DATA / "SBD"
 PREPARED = DATA / "prepared"

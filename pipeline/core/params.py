@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.voc_classes import CLASSES as VOC_CLASSES
 
@@ -32,11 +33,45 @@ class DataParams:
     """Where an archive (VOC's, in `data`; SBD's, in `sbd`) comes from and what it must be. Only `md5` and `size`
     say *what* is downloaded; `urls`, `timeout_s` and `retries` only say how, so no stage depends on them."""
 
-    urls: list[str]
-    md5: str
+    urls: list[str] = field(default_factory=list)
+    md5: str | None = None
     size: int | None = field(default=None, metadata=_range(1))
     timeout_s: float = field(default=30.0, metadata=_range(0, low_open=True))
     retries: int = field(default=3, metadata=_range(0))
+
+
+# Stage outputs a dataset directory must not live in: each is rewritten whole when its stage reruns.
+_REWRITTEN = (layout.SOURCE, layout.PREPARED, layout.SOURCE_ARCHIVE.parent)
+
+
+@dataclass(frozen=True)
+class SourceParams(DataParams):
+    """`data`: the dataset's source. By default the archive at `urls`, which download fetches and extract unpacks
+    into `path` (data/source); a `path` naming another directory (yours, in the repository or absolute) is read by
+    prepare as it is, as the stage's DVC dependency, and download and extract then leave placeholders."""
+
+    path: str = layout.SOURCE.as_posix()
+
+    def __post_init__(self) -> None:
+        path = Path(self.path)
+        if not self.path or path == Path("."):
+            raise PipelineError("path: must name the dataset's directory (default data/source, the extracted "
+                                "archive)")
+        inside = next((out for out in _REWRITTEN if path != layout.SOURCE and not path.is_absolute()
+                       and path.parts[:len(out.parts)] == out.parts), None)
+        if inside is not None:
+            raise PipelineError(f"path: {self.path} is inside {inside.as_posix()}, which a stage rewrites whole; "
+                                "keep your dataset in its own directory (for instance data/<name>)")
+
+    @property
+    def from_directory(self) -> bool:
+        """True when `path` is the user's own directory, not the archive's extraction."""
+        return Path(self.path) != layout.SOURCE
+
+    @property
+    def origin(self) -> str:
+        """Where the data came from, as a run's dataset source: the directory, or the archive's first URL."""
+        return self.path if self.from_directory else self.urls[0]
 
 
 @dataclass(frozen=True)
@@ -325,7 +360,7 @@ class TrackingParams:
 
 @dataclass(frozen=True)
 class Params:
-    data: DataParams
+    data: SourceParams
     models: dict[str, ModelParams]
     dataset: DatasetParams = field(default_factory=DatasetParams)
     sbd: DataParams | None = None
@@ -340,10 +375,14 @@ class Params:
     def __post_init__(self) -> None:
         if not self.models:
             raise PipelineError("models: at least one model must be listed (e.g. fcn, unet, deeplab, deeplabv3plus)")
-        if not re.fullmatch(r"[0-9a-f]{32}", self.data.md5):
-            raise PipelineError(f"data.md5: must be 32 lowercase hex digits, got {self.data.md5!r}")
-        if not self.data.urls:
-            raise PipelineError("data.urls: list at least one URL, file:// URL or local path of the VOC tar")
+        if not self.data.from_directory:
+            if self.data.md5 is None:
+                raise PipelineError("data.md5: missing (required)")
+            if not re.fullmatch(r"[0-9a-f]{32}", self.data.md5):
+                raise PipelineError(f"data.md5: must be 32 lowercase hex digits, got {self.data.md5!r}")
+            if not self.data.urls:
+                raise PipelineError("data.urls: list at least one URL, file:// URL or local path of the dataset's "
+                                    "archive, or set data.path to a directory that holds the dataset")
         if self.tracking.experiment is None:
             object.__setattr__(self, "tracking", TrackingParams(f"{self.dataset.name}-segmentation"))
         if self.prepare.train_set == "trainaug":
@@ -353,7 +392,7 @@ class Params:
             if self.sbd is None:
                 raise PipelineError("sbd: needed by prepare.train_set: trainaug (urls, md5 and size of SBD's "
                                     "benchmark.tgz); add the section or set prepare.train_set: train")
-            if not re.fullmatch(r"[0-9a-f]{32}", self.sbd.md5):
+            if not re.fullmatch(r"[0-9a-f]{32}", self.sbd.md5 or ""):
                 raise PipelineError(f"sbd.md5: must be 32 lowercase hex digits, got {self.sbd.md5!r}")
             if not self.sbd.urls:
                 raise PipelineError("sbd.urls: list at least one URL, file:// URL or local path of benchmark.tgz")

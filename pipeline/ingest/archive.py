@@ -1,20 +1,25 @@
-"""Safe, selective extraction of the VOC 2012 tar and of SBD's tgz: only what semantic segmentation needs.
+"""Safe extraction of the dataset's archive and of SBD's tgz: selective for VOC's tar and SBD's tgz (only what
+semantic segmentation needs), whole for a folders dataset's tar, tar.gz or zip.
 
-Of the 2 GB archive that is `ImageSets/Segmentation`, `SegmentationClass` and the JPEGs of the 2,913 ids the
-segmentation splits list (of 17,125). Every member is checked before anything is written, and the result
-appears whole or not at all.
+Of VOC's 2 GB archive that is `ImageSets/Segmentation`, `SegmentationClass` and the JPEGs of the 2,913 ids the
+segmentation splits list (of 17,125). Every member is checked before it is written (VOC's before any is), and the
+result appears whole or not at all.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 import tarfile
+import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from pipeline.core.atomic import atomic_dir
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import DatasetParams
 from pipeline.core.progress import Progress
 from pipeline.ingest import sbd, voc
 from pipeline.ingest.sbd import SBD_ROOT
@@ -29,6 +34,32 @@ IMAGE_DIR = f"{ARCHIVE_ROOT}/{voc.IMAGE_DIR}"
 # Every file in the VOC tar is far smaller (JPEGs of at most 500×500 are under 1 MB): a member declaring more is a
 # decompression bomb of another kind, refused before a byte is written.
 MAX_MEMBER_BYTES = 16 * 2**20
+# Your own photos and masks may be far larger than VOC's, but no single image file of a dataset is this large.
+MAX_FOLDERS_MEMBER_BYTES = 1024 * 2**20
+
+
+def extract_source(archive: str | os.PathLike, out_dir: str | os.PathLike, dataset: DatasetParams, *,
+                   progress: bool = True) -> dict:
+    """Unpack the dataset's archive as `out_dir`, the tree prepare reads: VOC's layout selectively from an
+    uncompressed tar (as `extract_segmentation`), the folders layout whole from a tar, tar.gz or zip."""
+    if dataset.layout == "voc":
+        kind = _compressed_kind(Path(archive))
+        if kind is not None:
+            raise PipelineError(f"{archive}: a {kind} archive; the voc layout is read from an uncompressed tar like "
+                                "VOC's own: repack it as a .tar, or unpack it and set data.path to its directory")
+        return extract_segmentation(archive, out_dir, progress=progress)
+    return extract_folders(archive, out_dir, images=dataset.images, masks=dataset.masks, progress=progress)
+
+
+def _compressed_kind(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return None  # extract_segmentation names what is wrong with the path
+    if head.startswith(b"PK"):
+        return "zip"
+    return {b"\x1f\x8b": "gzip", b"BZ": "bzip2", b"\xfd7": "xz"}.get(head[:2])
 
 
 def extract_segmentation(tar_path: str | os.PathLike, devkit_dir: str | os.PathLike, *, progress: bool = True) -> dict:
@@ -106,14 +137,13 @@ def _check_safe(tar_path: Path, member: tarfile.TarInfo) -> None:
         raise _unsafe(tar_path, name, problem)
 
 
-def _hostile(member: tarfile.TarInfo) -> str | None:
-    """What makes `member` unsafe to extract from any archive, or None."""
+def _hostile(member: tarfile.TarInfo, max_bytes: int = MAX_MEMBER_BYTES,
+             largest: str = "any VOC or SBD file needs") -> str | None:
+    """What makes `member` unsafe to extract from any archive, or None; `largest` says who needs `max_bytes`."""
     name = member.name
-    parts = PurePosixPath(name).parts
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return "absolute path"
-    if ".." in parts:
-        return "'..' in its path"
+    problem = _hostile_name(name)
+    if problem is not None:
+        return problem
     if member.issym() or member.islnk():
         return f"{'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
     if not (member.isfile() or member.isdir()):
@@ -121,8 +151,17 @@ def _hostile(member: tarfile.TarInfo) -> str | None:
     if member.sparse is not None:
         # A sparse member stores holes as a map: a few hundred bytes in the tar can expand to many gigabytes.
         return f"sparse file declaring {member.size} bytes"
-    if member.size > MAX_MEMBER_BYTES:
-        return f"{member.size} bytes, more than the {MAX_MEMBER_BYTES} any VOC or SBD file needs"
+    if member.size > max_bytes:
+        return f"{member.size} bytes, more than the {max_bytes} {largest}"
+    return None
+
+
+def _hostile_name(name: str) -> str | None:
+    """What makes a member's name unsafe to extract under any directory, or None."""
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "'..' in its path"
     return None
 
 
@@ -240,3 +279,127 @@ def _check_sbd(tgz_path: Path, lists: dict[str, list[str]], found: dict[str, set
         for extra in found[kind] - listed:  # in the archive but in neither list: trainaug never reads it
             (tmp / kind / f"{extra}{suffix}").unlink()
     return listed
+
+
+# --- a folders dataset (tar, tar.gz or zip) ----------------------------------------------------------------------
+
+def extract_folders(archive: str | os.PathLike, out_dir: str | os.PathLike, *, images: str, masks: str,
+                    progress: bool = True) -> dict:
+    """Unpack a folders-layout dataset as `out_dir`: the archive's `<images>/` and `<masks>/` (and its split files)
+    may sit at its top or in its one top-level folder, which becomes `out_dir`. Members are checked as they are
+    read (no absolute paths, no '..', no links or special files, none over MAX_FOLDERS_MEMBER_BYTES), macOS's
+    `__MACOSX/` and `._*` files are skipped, and `out_dir` appears only once the whole archive is unpacked and holds
+    both folders. Returns the counts logged."""
+    archive, out_dir = Path(archive), Path(out_dir)
+    if not archive.is_file():
+        raise PipelineError(f"{archive}: not found; run the download stage first")
+    with atomic_dir(out_dir) as tmp:
+        unpacked = tmp / ".unpacked"
+        unpacked.mkdir()
+        bar = Progress(None, desc=f"extract {archive.name}", unit="files", enabled=progress, logger=log)
+        try:
+            if zipfile.is_zipfile(archive):
+                files = _unzip(archive, unpacked, bar)
+            else:
+                files = _untar(archive, unpacked, bar)
+        finally:
+            bar.close()
+        root = _folders_root(archive, unpacked, images, masks)
+        for child in root.iterdir():
+            os.replace(child, tmp / child.name)
+        shutil.rmtree(unpacked)
+        counts = {"files": files, "images": sum(1 for _ in (tmp / images).iterdir()),
+                  "masks": sum(1 for _ in (tmp / masks).iterdir())}
+    log.info("extracted %s into %s: %s", archive, out_dir, counts)
+    return counts
+
+
+def _skipped(name: str) -> bool:
+    """macOS's resource forks and Finder files, which its archivers add beside every file."""
+    path = PurePosixPath(name)
+    return path.parts[:1] == ("__MACOSX",) or path.name.startswith("._") or path.name == ".DS_Store"
+
+
+def _untar(archive: Path, into: Path, bar: Progress) -> int:
+    files = 0
+
+    def checked(tar: tarfile.TarFile):
+        nonlocal files
+        for member in tar:
+            if _skipped(member.name):
+                continue
+            problem = _hostile(member, MAX_FOLDERS_MEMBER_BYTES, "an image or mask needs")
+            if problem is not None:
+                raise _unsafe(archive, member.name, problem, "a safe dataset archive")
+            files += member.isfile()
+            bar.update(member.isfile())
+            yield member
+
+    try:
+        # "r|*": one pass over a stream of any compression, so a tar.gz is decompressed once.
+        with tarfile.open(archive, "r|*") as tar:
+            tar.extractall(into, members=checked(tar), filter="data")
+    except (tarfile.ReadError, tarfile.CompressionError) as error:
+        raise PipelineError(f"{archive}: not a tar, tar.gz or zip archive, or a truncated one ({error}); check "
+                            "data.urls, delete it and rerun the download stage") from None
+    except (EOFError, zlib.error, UnicodeDecodeError) as error:
+        raise _corrupt(archive, str(error) or type(error).__name__) from None
+    except tarfile.FilterError as error:
+        raise _unsafe(archive, error.tarinfo.name, str(error), "a safe dataset archive") from None
+    return files
+
+
+def _unzip(archive: Path, into: Path, bar: Progress) -> int:
+    files = 0
+    try:
+        with zipfile.ZipFile(archive) as zip_file:
+            for info in zip_file.infolist():
+                if _skipped(info.filename):
+                    continue
+                problem = _hostile_zip(info)
+                if problem is not None:
+                    raise _unsafe(archive, info.filename, problem, "a safe dataset archive")
+                target = into / info.filename
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # ZipExtFile stops at the declared size and checks the CRC, so a member cannot grow past its check.
+                with zip_file.open(info) as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, 2**20)
+                files += 1
+                bar.update(1)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise _corrupt(archive, str(error) or type(error).__name__) from None
+    except NotImplementedError as error:  # a compression method zipfile cannot read
+        raise PipelineError(f"{archive}: {error}; repack it with deflate (zip's default) or as a tar.gz") from None
+    return files
+
+
+def _hostile_zip(info: zipfile.ZipInfo) -> str | None:
+    problem = _hostile_name(info.filename)
+    if problem is not None:
+        return problem
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind == stat.S_IFLNK:
+        return "symbolic link"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "device, fifo or other special file"
+    if info.flag_bits & 0x1:
+        return "encrypted"
+    if info.file_size > MAX_FOLDERS_MEMBER_BYTES:
+        return f"{info.file_size} bytes, more than the {MAX_FOLDERS_MEMBER_BYTES} an image or mask needs"
+    return None
+
+
+def _folders_root(archive: Path, unpacked: Path, images: str, masks: str) -> Path:
+    """The directory holding `<images>/` and `<masks>/`: the archive's top, or its one top-level folder."""
+    candidates = [unpacked]
+    top = list(unpacked.iterdir())
+    if len(top) == 1 and top[0].is_dir():
+        candidates.append(top[0])
+    for candidate in candidates:
+        if (candidate / images).is_dir() and (candidate / masks).is_dir():
+            return candidate
+    raise PipelineError(f"{archive}: no {images}/ and {masks}/ at its top or in its one top-level folder "
+                        "(dataset.images, dataset.masks); pack the dataset's root, or fix those keys")

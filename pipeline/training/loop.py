@@ -183,7 +183,7 @@ def start_tracking(session: Session, params: Params, prepared: Path) -> Tracker:
                       "params_hash": session.run_hash})
     digest = provenance["data_dvc_md5"]  # DVC's hash of the prepared data; outside DVC, its index's
     tracker.log_dataset(params.dataset.name, data_fingerprint(prepared) if digest == "unknown" else digest,
-                        params.data.urls[0])
+                        params.data.origin)
     log_epochs(tracker, session.history)
     return tracker
 
