@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     if params.data.from_directory:
         log.info("data.path is %s: the dataset is read from there, nothing to extract", params.data.path)
         with atomic_dir(args.out):
-            return
+            pass  # an empty directory, replacing any earlier extraction
+        return
     extract_source(args.archive, args.out, params.dataset)
 
 

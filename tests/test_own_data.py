@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -153,6 +154,53 @@ def test_palette_and_single_channel_masks_give_the_same_arrays(prepared, plates_
     prepare(plates_copy, tmp_path / "p", dataset=dataset(ignore_index=7), workers=1, progress=False)
     for name in ("train/labels.npy", "val/labels.npy", "train/images.npy"):
         assert (tmp_path / "p" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def plates_as_voc(plates: Path, root: Path) -> Path:
+    """The plates in VOC's layout (VOCdevkit/VOC2012/...), their colour masks as palette PNGs of their own
+    classes, as a dataset labelled with VOC's tools would be; returns the directory holding VOCdevkit."""
+    voc2012 = root / "VOCdevkit" / "VOC2012"
+    for directory in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc2012 / directory).mkdir(parents=True)
+    palette = {tuple(colour): index for index, colour in enumerate(FOLDERS_COLORS)}
+    labels = LabelSet.of("plates", FOLDERS_CLASSES, FOLDERS_COLORS)
+    for mask in (plates / "masks").glob("*.png"):
+        rgb = np.array(Image.open(mask))
+        index = np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        for colour, value in palette.items():
+            index[(rgb == colour).all(axis=-1)] = value
+        label_png(index, labels).save(voc2012 / "SegmentationClass" / mask.name)
+        shutil.copy(plates / "images" / f"{mask.stem}.jpg", voc2012 / "JPEGImages")
+    for split in ("train", "val"):
+        shutil.copy(plates / "splits" / f"{split}.txt", voc2012 / "ImageSets/Segmentation")
+    return root
+
+
+def test_the_voc_layout_with_its_own_classes_from_a_tar_prepares_as_the_folders_do(prepared, plates, tmp_path):
+    from pipeline.ingest.archive import extract_source
+
+    tree = plates_as_voc(plates, tmp_path / "tree")
+    with tarfile.open(tmp_path / "plates-voc.tar", "w") as tar:
+        tar.add(tree / "VOCdevkit", "VOCdevkit")
+    voc_layout = DatasetParams(name="plates", classes=list(FOLDERS_CLASSES), colors=[list(c) for c in FOLDERS_COLORS])
+    extract_source(tmp_path / "plates-voc.tar", tmp_path / "source", voc_layout, progress=False)
+    stats = prepare(tmp_path / "source", tmp_path / "p", dataset=voc_layout, workers=1, progress=False)
+    assert stats["val"]["sources"] == {"voc": 16, "sbd": 0}
+    assert list(stats["val"]["class_pixels"]) == list(FOLDERS_CLASSES)
+    assert read_label_set(tmp_path / "p").classes == FOLDERS_CLASSES
+    out, _ = prepared
+    for name in ("train/labels.npy", "val/labels.npy", "train/images.npy", "val/images.npy"):
+        assert (tmp_path / "p" / name).read_bytes() == (out / name).read_bytes(), name
+
+    # A value that is not one of its four classes is named with its file, as in the folders layout.
+    mask = sorted((tmp_path / "source/VOC2012/SegmentationClass").glob("*.png"))[0]
+    with Image.open(mask) as image:
+        broken = np.array(image)
+    broken[0, :3] = 9
+    label_png(broken, LabelSet.of("plates", FOLDERS_CLASSES, FOLDERS_COLORS)).save(mask)
+    with pytest.raises(PipelineError, match=rf"{mask.name}: .*9"):
+        prepare(tmp_path / "source", tmp_path / "q", dataset=voc_layout, workers=1, progress=False)
+    assert not (tmp_path / "q").exists()
 
 
 def test_val_fraction_draws_the_same_split_from_the_same_seed(plates, tmp_path):
