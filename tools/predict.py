@@ -19,7 +19,7 @@ from pipeline.core.cli import model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ServingParams, load
 from pipeline.export.onnx_model import OnnxModel
-from pipeline.models.saved import load_saved
+from pipeline.models.saved import load_saved, saved_labels
 from pipeline.serving.predict_files import expand, segment_files
 from pipeline.tracking.runs import download_logged_model
 
@@ -54,15 +54,17 @@ def main() -> int:
         else:
             files = model_paths_from(args, params.model_key(args.model))
             model_file, onnx_file = files.model_file, files.onnx_file
-        model, labels = load_saved(model_file)  # its label set names and colours the masks, ONNX Runtime's too
-        if args.runtime == "onnxruntime":
+        if args.runtime == "torch":
+            model, labels = load_saved(model_file)
+        else:
             if not onnx_file.is_file() and args.model_uri:
                 raise PipelineError(f"{args.model_uri}: holds no {ONNX_FILE} (logged before the export stage "
                                     "existed); use --runtime torch, or the URI of a model evaluated since")
             if not onnx_file.is_file():
                 raise PipelineError(f"{onnx_file}: not found; `dvc repro export@{args.model}` writes it, or use "
                                     "--runtime torch")
-            model = OnnxModel(onnx_file, device)
+            # The model file's label set names and colours ONNX Runtime's masks too.
+            model, labels = OnnxModel(onnx_file, device), saved_labels(model_file)
     policy = runtime.resolve(device, network=model)
     failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy,
                              max_pixels=max_pixels, labels=labels)

@@ -16,7 +16,6 @@ NUM_CLASSES = len(CLASSES)
 # from every metric, never counted as background. Prepared data always marks ignored pixels with it, whatever value
 # a dataset's own masks use (`dataset.ignore_index`), so a dataset has at most 255 classes.
 IGNORE_INDEX = 255
-MAX_CLASSES = IGNORE_INDEX
 
 
 def palette() -> np.ndarray:

@@ -36,6 +36,7 @@ IMAGE_DIR = f"{ARCHIVE_ROOT}/{voc.IMAGE_DIR}"
 MAX_MEMBER_BYTES = 16 * 2**20
 # Your own photos and masks may be far larger than VOC's, but no single image file of a dataset is this large.
 MAX_FOLDERS_MEMBER_BYTES = 1024 * 2**20
+FOLDERS_LARGEST = "an image or mask needs"
 
 
 def extract_source(archive: str | os.PathLike, out_dir: str | os.PathLike, dataset: DatasetParams, *,
@@ -151,9 +152,11 @@ def _hostile(member: tarfile.TarInfo, max_bytes: int = MAX_MEMBER_BYTES,
     if member.sparse is not None:
         # A sparse member stores holes as a map: a few hundred bytes in the tar can expand to many gigabytes.
         return f"sparse file declaring {member.size} bytes"
-    if member.size > max_bytes:
-        return f"{member.size} bytes, more than the {max_bytes} {largest}"
-    return None
+    return _oversized(member.size, max_bytes, largest)
+
+
+def _oversized(size: int, max_bytes: int, largest: str) -> str | None:
+    return f"{size} bytes, more than the {max_bytes} {largest}" if size > max_bytes else None
 
 
 def _hostile_name(name: str) -> str | None:
@@ -328,7 +331,7 @@ def _untar(archive: Path, into: Path, bar: Progress) -> int:
         for member in tar:
             if _skipped(member.name):
                 continue
-            problem = _hostile(member, MAX_FOLDERS_MEMBER_BYTES, "an image or mask needs")
+            problem = _hostile(member, MAX_FOLDERS_MEMBER_BYTES, FOLDERS_LARGEST)
             if problem is not None:
                 raise _unsafe(archive, member.name, problem, "a safe dataset archive")
             files += member.isfile()
@@ -387,9 +390,7 @@ def _hostile_zip(info: zipfile.ZipInfo) -> str | None:
         return "device, fifo or other special file"
     if info.flag_bits & 0x1:
         return "encrypted"
-    if info.file_size > MAX_FOLDERS_MEMBER_BYTES:
-        return f"{info.file_size} bytes, more than the {MAX_FOLDERS_MEMBER_BYTES} an image or mask needs"
-    return None
+    return _oversized(info.file_size, MAX_FOLDERS_MEMBER_BYTES, FOLDERS_LARGEST)
 
 
 def _folders_root(archive: Path, unpacked: Path, images: str, masks: str) -> Path:

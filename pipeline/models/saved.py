@@ -87,22 +87,34 @@ class SavedModel(NamedTuple):
     labels: LabelSet  # what its output channels are
 
 
-def load_saved(path: str | Path) -> SavedModel:
-    """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on the CPU (callers place it
-    with their runtime policy), with its label set (VOC's for a file written before datasets had their own)."""
-    path = Path(path)
+def _read_state(path: Path, *, mmap: bool = False) -> dict:
     if not path.is_file():
         raise PipelineError(f"{path}: no trained model here; run `dvc repro train@<model>` first")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise PipelineError(f"{path}: not a readable model file ({error}); rerun the train stage") from None
+
+
+def _labels(state: dict) -> LabelSet:
+    """VOC's for a file written before datasets had their own."""
+    return LabelSet.from_json(state["labels"]) if "labels" in state else VOC_LABELS
+
+
+def load_saved(path: str | Path) -> SavedModel:
+    """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on the CPU (callers place it
+    with their runtime policy), with its label set."""
+    state = _read_state(Path(path))
     # The trained weights replace any backbone initialisation: never fetch ImageNet weights just to load.
     options = {key: value for key, value in state["options"].items() if key not in ("pretrained", "weights_sha256")}
     model = build(state["architecture"], num_classes=state["num_classes"], **options)
     model.load_state_dict(state["state_dict"])
-    labels = LabelSet.from_json(state["labels"]) if "labels" in state else VOC_LABELS
-    return SavedModel(model.eval(), labels)
+    return SavedModel(model.eval(), _labels(state))
+
+
+def saved_labels(path: str | Path) -> LabelSet:
+    """The label set of a model file alone: its weights are memory-mapped, never read, and no network is built."""
+    return _labels(_read_state(Path(path), mmap=True))
 
 
 def load_model(path: str | Path) -> torch.nn.Module:
