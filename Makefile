@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup test lint demo repro ui bench bench-page check-metrics clean-demo server promote serve sweep rehearse update-plot-libs
+.PHONY: setup test lint deps demo repro ui bench bench-page check-metrics clean-checkpoints clean-demo server promote serve sweep \
+	rehearse update-plot-libs
 
 setup: $(STAMP)
 
@@ -23,6 +24,16 @@ test: lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# dvc.yaml's code deps from the stages' imports and its plot lines from params.yaml's models (devtools/deps.py):
+# after adding a module, an import, an architecture or a model. `make test` fails until dvc.yaml is what it writes.
+deps: $(STAMP)
+	$(BIN)/python -m tools.deps
+
+# Every model's unfinished runs' checkpoints (checkpoints/<model>/<params hash>/), listed as they are removed.
+# `python -m tools.checkpoints` lists them without removing anything.
+clean-checkpoints: $(STAMP)
+	$(BIN)/python -m tools.checkpoints --remove
 
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo

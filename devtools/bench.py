@@ -58,13 +58,15 @@ from torch.utils.data import DataLoader
 from devtools import comparisons
 from devtools.synthetic import write_voc_tar
 from pipeline.core import runtime
-from pipeline.core.labels import VOC_LABELS
-from pipeline.core.params import ExportParams, TrainParams
+from pipeline.core.labels import NUM_CLASSES, VOC_LABELS
+from pipeline.core.params.export import ExportParams
+from pipeline.core.params.train import TrainParams
 from pipeline.evaluation.predict import predict
 from pipeline.ingest.prepare import prepare
-from pipeline.models import build
+from pipeline.models.registry import build
 from pipeline.prepared.dataset import PreparedSplit
 from pipeline.training.augment import collate_samples
+from pipeline.training.losses import make_loss
 from pipeline.training.optimization import make_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ class Settings:
 
 
 CPU = Settings()
-# 480×480 is the TrainParams default crop (torchvision's reference); more warm-up steps for cudnn.benchmark's search.
+# 480×480 is torchvision's reference crop; more warm-up steps for cudnn.benchmark's search.
 # Every model's step is also timed compiled, so that one run says where compiling pays (params.yaml compiles only
 # where it did).
 CUDA = Settings(crop_size=(480, 480), warmup_steps=3, min_steps=5, max_steps=30, budget_s=3.0, eval_warmup=3,
@@ -262,8 +264,8 @@ def bench_loader(prepared: Path, workers: int, settings: Settings) -> dict:
 
 
 def train_config(settings: Settings, device: torch.device) -> TrainParams:
-    """TrainParams defaults (SGD, lr 0.01, momentum 0.9, scale 0.5–2, flip, channels_last, bf16 autocast on
-    CUDA) with the bench's crop and batch size."""
+    """params.yaml's shared recipe (SGD, lr 0.01, momentum 0.9, scale 0.5–2, flip, channels_last, bf16 autocast on
+    CUDA: TrainParams' defaults) with the bench's crop and batch size."""
     return dataclasses.replace(TrainParams(), crop_size=list(settings.crop_size), batch_size=settings.batch_size,
                                device=str(device))
 
@@ -275,12 +277,13 @@ def bench_train(samples: list, name: str, settings: Settings, device: torch.devi
     policy = runtime.resolve(device, amp=recipe.amp, channels_last=recipe.channels_last, training=True)
     torch.manual_seed(settings.seed)
     with _PeakMemory(device) as memory:
-        net = policy.place_model(build(architecture, **options)).train()
+        net = policy.place_model(build(architecture, num_classes=NUM_CLASSES, **options)).train()
         optimizer = make_optimizer(net, recipe)
+        loss = make_loss(recipe, NUM_CLASSES)
         batches = _cycle(samples, recipe.batch_size)
 
         def step() -> None:
-            train_step(net, next(batches), optimizer, recipe, policy)
+            train_step(net, next(batches), optimizer, recipe, policy, loss)
             policy.synchronize()
 
         times = _timed(step, settings.warmup_steps, settings.min_steps, settings.max_steps, settings.budget_s)
@@ -305,7 +308,7 @@ def bench_evaluate(name: str, settings: Settings, device: torch.device) -> dict:
     torch.manual_seed(settings.seed)
     image = eval_image(settings).to(device)
     with _PeakMemory(device) as memory:
-        net = build(architecture, **options).eval()
+        net = build(architecture, num_classes=NUM_CLASSES, **options).eval()
         policy = runtime.resolve(device, network=net)  # as the evaluate stage resolves it
         net = policy.place_model(net)
 
@@ -336,7 +339,7 @@ def bench_onnxruntime(name: str, settings: Settings, workdir: Path) -> dict:
     image = eval_image(settings)
     path = workdir / f"{name}.onnx"
     started = time.perf_counter()
-    export_onnx(build(architecture, **options).eval(), path, ExportParams().opset)
+    export_onnx(build(architecture, num_classes=NUM_CLASSES, **options).eval(), path, ExportParams().opset)
     export_seconds = time.perf_counter() - started
     model = OnnxModel(path)
     policy = runtime.resolve("cpu", network=model)
@@ -354,15 +357,16 @@ def bench_serving(workdir: Path, settings: Settings) -> dict:
     free loopback port, loaded by `serving_clients` threads with `serving_requests` one-row requests of VOC-sized
     JPEGs; every answer checked against the mask the same code computes in this process."""
     from devtools import serving_load
-    from pipeline.core.params import ServingParams, model_options
+    from pipeline.core.params.serving import ServingParams
+    from pipeline.models.registry import typed_options
     from pipeline.models.saved import load_model, save_model
     from pipeline.serving.package import save_served_model
     from pipeline.serving.service import segment_encoded
 
     architecture, options = settings.variants[settings.served_variant]
     torch.manual_seed(settings.seed)
-    save_model(workdir / "served.pt", build(architecture, **options), architecture=architecture,
-               options=model_options(architecture, options), labels=VOC_LABELS)
+    save_model(workdir / "served.pt", build(architecture, num_classes=NUM_CLASSES, **options),
+               architecture=architecture, options=typed_options(architecture, options), labels=VOC_LABELS)
     save_served_model(workdir / "served.pt", workdir / "served", limits=ServingParams())
     rng = torch.Generator().manual_seed(settings.seed)
     images = []
@@ -373,8 +377,8 @@ def bench_serving(workdir: Path, settings: Settings) -> dict:
         images.append(buffer.getvalue())
     model = load_model(workdir / "served.pt").eval()
     policy = runtime.resolve("cpu", network=model)
-    masks = [base64.b64decode(segment_encoded(model, policy, [base64.b64encode(image).decode()])[0])
-             for image in images]
+    masks = [base64.b64decode(segment_encoded(model, policy, [base64.b64encode(image).decode()],
+                                              labels=VOC_LABELS)[0]) for image in images]
     with serving_load.served(workdir / "served", workdir) as url:
         load = serving_load.run(url, images, masks, clients=settings.serving_clients,
                                 requests=settings.serving_requests)

@@ -32,13 +32,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pipeline.core import runtime
-from pipeline.core.labels import IGNORE_INDEX, NUM_CLASSES
-from pipeline.core.params import TrainParams
+from pipeline.core.labels import IGNORE_INDEX, NUM_CLASSES, VOC_LABELS
+from pipeline.core.params.train import TrainParams
 from pipeline.evaluation.metrics import ConfusionMatrix
-from pipeline.models import build
+from pipeline.models.registry import build
 from pipeline.prepared.dataset import PreparedSplit
 from pipeline.prepared.transforms import MEAN, STD
 from pipeline.training.augment import collate_samples, train_batch
+from pipeline.training.losses import make_loss
 from pipeline.training.optimization import make_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def compare_train_step(samples: list, architecture: str, options: dict, recipe: 
     project = _median_time(_project_step(batch, architecture, options, recipe, policy, seed), warmup, steps)
 
     torch.manual_seed(seed)
-    plain_net = build(architecture, **options).to(device).train()
+    plain_net = build(architecture, num_classes=NUM_CLASSES, **options).to(device).train()
     plain_optimizer = torch.optim.SGD(plain_net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images, labels = train_batch(batch, device, recipe.crop_size, recipe.scale_range, recipe.hflip)
     plain = _median_time(lambda: (plain_fp32_step(plain_net, images, labels, plain_optimizer), policy.synchronize()),
@@ -187,10 +188,11 @@ def _project_step(batch: list, architecture: str, options: dict, recipe: TrainPa
     """One call = one training-loop step (`train_step`) on `batch` under `policy`, waited for; a fresh network and
     optimizer, compiled by torch.compile if asked."""
     torch.manual_seed(seed)
-    net = policy.place_model(build(architecture, **options)).train()
+    net = policy.place_model(build(architecture, num_classes=NUM_CLASSES, **options)).train()
     optimizer = make_optimizer(net, recipe)
     model = torch.compile(net) if compiled else net
-    return lambda: (train_step(model, batch, optimizer, recipe, policy), policy.synchronize())
+    loss = make_loss(recipe, NUM_CLASSES)
+    return lambda: (train_step(model, batch, optimizer, recipe, policy, loss), policy.synchronize())
 
 
 def compare_compile(samples: list, architecture: str, options: dict, recipe: TrainParams, device: torch.device,
@@ -297,11 +299,11 @@ def compare_evaluate(architecture: str, options: dict, images: int, device: torc
                 for h, w in voc_like_sizes(images, seed, family)]
 
     torch.manual_seed(seed)
-    net = build(architecture, **options).eval()
+    net = build(architecture, num_classes=NUM_CLASSES, **options).eval()
     policy = policy or runtime.resolve(device, network=net)
     landed = runtime.resolve(device, amp=True, channels_last=True)
     warm_up = [(image[:, :64, :64], label[:64, :64]) for image, label in dataset(0)[:2]]
-    evaluate(policy.place_model(net), warm_up, policy)  # the CUDA context and the library handles
+    evaluate(policy.place_model(net), warm_up, policy, labels=VOC_LABELS)  # the CUDA context and the library handles
 
     def timed(data: list, under: runtime.Runtime, batch: int = 1, autotune: bool = False) -> tuple[float, dict]:
         model = under.place_model(net)
@@ -316,7 +318,7 @@ def compare_evaluate(architecture: str, options: dict, images: int, device: torc
             finally:
                 torch.backends.cudnn.benchmark = previous
         else:
-            evaluate(model, data, under, batch_size=batch,
+            evaluate(model, data, under, batch_size=batch, labels=VOC_LABELS,
                      on_prediction=lambda index, prediction, _label: predictions.__setitem__(index, prediction))
         under.synchronize()
         return (time.perf_counter() - started) / len(data), predictions

@@ -21,7 +21,7 @@ import yaml
 from devtools.synthetic import write_sbd_tgz, write_voc_tar
 from pipeline.core.cli import venv_tool
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import parse
+from pipeline.core.params.whole import parse
 
 log = logging.getLogger(__name__)
 

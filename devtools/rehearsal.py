@@ -31,7 +31,7 @@ import yaml
 
 from devtools.synthetic import write_voc_tar
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import parse
+from pipeline.core.params.whole import parse
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import yaml
 from devtools.demo import demo_overrides, hydra_value, merge_overrides, set_param_flags
 from pipeline.core.cli import venv_tool
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import parse
+from pipeline.core.params.whole import parse
 from pipeline.ingest.download import md5_of
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipeline.core.atomic import atomic_file
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import IGNORE_INDEX, NUM_CLASSES, label_png
+from pipeline.core.labels import IGNORE_INDEX, NUM_CLASSES, VOC_LABELS, label_png
 from pipeline.ingest.download import md5_of
 from pipeline.ingest.sbd import SBD_ROOT
 from pipeline.ingest.voc import ARCHIVE_ROOT
@@ -380,7 +380,7 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
 
 def _encode_png(label: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    label_png(label).save(buffer, format="PNG")
+    label_png(label, VOC_LABELS).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.atomic import write_text
 from pipeline.core.cli import run_stage
-from pipeline.core.params import load
+from pipeline.core.params.data import data_sections
+from pipeline.core.params.schema import ParamsFile
 from pipeline.ingest.download import fetch
 
 log = logging.getLogger("stages.download")
@@ -29,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    data = load(args.params).data
+    data = data_sections(ParamsFile.read(args.params)).data
     if data.from_directory:
         log.info("data.path is %s: the dataset is read from there, nothing to download", data.path)
         if not args.out.exists():

@@ -16,7 +16,10 @@ from pipeline.core import layout, runtime
 from pipeline.core.atomic import write_json, write_text
 from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import load
+from pipeline.core.params.evaluate import EvaluateParams
+from pipeline.core.params.schema import ParamsFile
+from pipeline.core.params.serving import ServingParams
+from pipeline.core.params.tracking import tracking_params
 from pipeline.core.tables import csv_text
 from pipeline.evaluation.evaluate import evaluate_split, log_evaluation
 from pipeline.models.saved import load_saved
@@ -41,8 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load(args.params)
+    params = ParamsFile.read(args.params)
     key = params.model_key(args.model)
+    settings, limits = params.section("evaluate", EvaluateParams), params.section("serving", ServingParams)
+    experiment = tracking_params(params).experiment
     paths = model_paths_from(args, key)
     model, labels = load_saved(paths.model_file)
     val = PreparedSplit(args.prepared, "val")
@@ -52,14 +57,13 @@ def main(argv: list[str] | None = None) -> None:
                             f"train@{key})")
     policy = runtime.resolve(args.device, network=model)
     result = evaluate_split(policy.place_model(model), val, policy, paths.predictions,
-                            flip=params.evaluate.flip, scales=params.evaluate.scales,
-                            batch_size=params.evaluate.batch_size)
+                            flip=settings.flip, scales=settings.scales, batch_size=settings.batch_size)
 
     write_json(paths.metrics, result.metrics)
     write_json(paths.speed, result.speed)
     write_text(paths.per_class, csv_text(result.per_class, ("class", "iou")))
     write_text(paths.confusion, csv_text(result.confusion, ("truth", "prediction", "pixels")))
-    tracker = resume_training_run(paths.run_file, params.tracking.experiment, key)
+    tracker = resume_training_run(paths.run_file, experiment, key)
     log_evaluation(tracker, result)
     # The version registered below serves this model.pt and carries its ONNX export (`dvc repro` always has it).
     onnx_file = paths.onnx_file if paths.onnx_file.is_file() else None
@@ -67,8 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("%s not found: the served model carries no ONNX export (python -m stages.export --model %s "
                     "writes it)", paths.onnx_file, key)
     tracker.log_model(paths.model_file, functools.partial(save_served_model, onnx_file=onnx_file,
-                                                         limits=params.serving))
-    name = registered_name(key, params.dataset.name)
+                                                         limits=limits))
+    name = registered_name(key, params.dataset_name())
     version = tracker.register_model(name,
                                      version_tags(result.metrics["miou"], provenance_tags(str(args.prepared))))
     tracker.close()

@@ -11,7 +11,8 @@ import argparse
 
 from pipeline.core.atomic import write_json
 from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
-from pipeline.core.params import load
+from pipeline.core.params.export import ExportParams
+from pipeline.core.params.schema import ParamsFile
 from pipeline.export.onnx_export import export_checked
 from pipeline.models.saved import load_model
 
@@ -28,10 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load(args.params)
+    params = ParamsFile.read(args.params)
     key = params.model_key(args.model)
     paths = model_paths_from(args, key)
-    report = export_checked(load_model(paths.model_file), paths.onnx_file, params.export)
+    report = export_checked(load_model(paths.model_file), paths.onnx_file, params.section("export", ExportParams))
     write_json(paths.export_report, report)
     print(f"{key}: {paths.onnx_file} ({report['bytes'] / 1e6:.1f} MB, opset {report['opset']}): ONNX Runtime agrees "
           f"with PyTorch on {report['agreement']:.4%} of the pixels, largest logit difference "

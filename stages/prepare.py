@@ -14,7 +14,8 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.atomic import write_json
 from pipeline.core.cli import run_stage
-from pipeline.core.params import load
+from pipeline.core.params.data import data_sections
+from pipeline.core.params.schema import ParamsFile
 from pipeline.ingest.prepare import prepare
 
 log = logging.getLogger("stages.prepare")
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load(args.params)
+    params = data_sections(ParamsFile.read(args.params))
     stats = prepare(args.source or Path(params.data.path), args.out, dataset=params.dataset,
                     workers=params.prepare.workers, train_set=params.prepare.train_set, sbd_root=args.sbd,
                     seed=params.prepare.seed)

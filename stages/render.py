@@ -12,7 +12,9 @@ from pathlib import Path
 
 from pipeline.core import layout
 from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
-from pipeline.core.params import load
+from pipeline.core.params.render import RenderParams
+from pipeline.core.params.schema import ParamsFile
+from pipeline.core.params.tracking import tracking_params
 from pipeline.prepared.dataset import PreparedSplit
 from pipeline.reporting.render import model_figures, render_comparison, render_model
 from pipeline.tracking.runs import resume_training_run
@@ -41,18 +43,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load(args.params)
+    params = ParamsFile.read(args.params)
+    render = params.section("render", RenderParams)
     val = PreparedSplit(args.prepared, "val")
     if args.compare:
-        directories = {key: args.predictions_root / key for key in params.models}
-        ids = render_comparison(val, directories, args.comparison, params.render.ids)
+        directories = {key: args.predictions_root / key for key in params.model_keys()}
+        ids = render_comparison(val, directories, args.comparison, render.chosen(val.ids))
         print(f"{args.comparison}: {len(ids)} images × {len(directories)} models")
         return
     key = params.model_key(args.model)
     paths = model_paths_from(args, key)
-    chosen = render_model(key, val, paths.predictions, paths.renders, params.render.ids, params.render.worst_k,
+    chosen = render_model(key, val, paths.predictions, paths.renders, render.chosen(val.ids), render.worst_k,
                           figures=model_figures(paths.history, paths.confusion))
-    tracker = resume_training_run(paths.run_file, params.tracking.experiment, key)
+    tracker = resume_training_run(paths.run_file, tracking_params(params).experiment, key)
     tracker.log_artifacts(paths.renders, "renders")
     tracker.close()
     print(f"{key}: {len(chosen)} panels in {paths.renders}/")

@@ -18,7 +18,8 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.atomic import atomic_dir
 from pipeline.core.cli import run_stage
-from pipeline.core.params import load
+from pipeline.core.params.data import data_sections
+from pipeline.core.params.schema import ParamsFile
 from pipeline.ingest.archive import extract_sbd
 from pipeline.ingest.download import fetch
 
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load(args.params)
+    params = data_sections(ParamsFile.read(args.params))
     if params.prepare.train_set != "trainaug":
         with atomic_dir(args.out):
             pass

@@ -13,11 +13,11 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.atomic import write_json, write_text
 from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
-from pipeline.core.params import load
+from pipeline.core.params.schema import ParamsFile
 from pipeline.core.tables import csv_text
 from pipeline.tracking.runs import tracking_uri
 from pipeline.training import checkpoint, distributed
-from pipeline.training.loop import train_model
+from pipeline.training.loop import TrainingJob, train_model
 
 HISTORY_COLUMNS = ("epoch", "loss", "lr", "val_miou", "images_per_second")
 PATHS = ("model_file", "run_file", "checkpoints", "history", "summary")
@@ -41,11 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = load(args.params)
-    key = params.model_key(args.model)
+    job = TrainingJob.from_params(ParamsFile.read(args.params), args.model)
+    key = job.key
     paths = model_paths_from(args, key)
     try:
-        result = train_model(key, params, prepared=args.prepared, checkpoint_dir=paths.checkpoints,
+        result = train_model(job, prepared=args.prepared, checkpoint_dir=paths.checkpoints,
                              model_file=paths.model_file, device=args.device, progress=not args.no_progress)
         if not result.is_main:
             return  # under torchrun only rank 0 writes
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json(paths.summary, result.summary)
         # The run is complete and its outputs are written: its checkpoints are only for resuming an unfinished run,
         # and keeping them would turn `dvc repro --force` into "resume the finished run" instead of "train again".
-        checkpoint.clear(paths.checkpoints)
+        # Other params' checkpoints stay (pipeline/training/checkpoint.py).
+        checkpoint.clear(result.checkpoint_dir)
         print(f"{key}: val mIoU {result.summary['final_val_miou']:.4f} after {result.summary['epochs']} epochs")
     finally:
         distributed.shutdown()

@@ -2,6 +2,7 @@
 
     python tests/fault_server.py fail   # /health answers 200, every other request 503
     python tests/fault_server.py hang   # /health answers 200, every other request never gets an answer
+    python tests/fault_server.py forbid # /health answers 200, every other request 403 (a server that refuses us)
 
 Prints the port it listens on (127.0.0.1, chosen by the OS), then serves until killed.
 """
@@ -22,6 +23,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"OK")
         elif MODE == "fail":
             self._send(503, b"service unavailable")
+        elif MODE == "forbid":
+            self._send(403, b"forbidden")
         else:
             time.sleep(3600)
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import flat_palette
-from pipeline.core.params import DatasetParams
+from pipeline.core.labels import VOC_LABELS, flat_palette
+from pipeline.core.params.data import DatasetParams
 from pipeline.ingest.archive import extract_folders, extract_segmentation, extract_source
 
 ROOT = "VOCdevkit/VOC2012"
@@ -32,7 +32,7 @@ def jpeg(seed: int) -> bytes:
 
 def png(seed: int) -> bytes:
     label = Image.frombytes("P", (2, 2), bytes([0, seed, 255, seed]))
-    label.putpalette(flat_palette())
+    label.putpalette(flat_palette(VOC_LABELS))
     buffer = io.BytesIO()
     label.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -114,7 +114,7 @@ def test_the_torchvision_alternative_yields_what_the_project_trains_on(tmp_path)
     """The alternative is a fair one: every train sample, cropped to the same size, a normalised float image and
     an int64 label of class ids and void (255) like the project's batches."""
     from devtools.comparisons import torchvision_dataset, torchvision_loader
-    from pipeline.core.params import TrainParams
+    from pipeline.core.params.train import TrainParams
     from pipeline.ingest.prepare import prepare
     from pipeline.training.augment import train_batch
 

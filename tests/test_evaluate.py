@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pipeline.core.labels import CLASSES
+from pipeline.core.labels import CLASSES, VOC_LABELS
 from pipeline.core.runtime import resolve
 from pipeline.evaluation.evaluate import confusion_rows, evaluate, per_class_rows, report, same_size_batches
 from pipeline.evaluation.metrics import scores_from_confusion
@@ -44,7 +44,7 @@ def test_multi_scale_tta_returns_the_input_size():
 def test_report_writes_absent_classes_as_null_and_says_why():
     matrix = torch.zeros(21, 21, dtype=torch.int64)
     matrix[0, 0], matrix[1, 1], matrix[1, 0] = 90, 8, 2
-    scores = scores_from_confusion(matrix)
+    scores = scores_from_confusion(matrix, CLASSES)
     out = report(scores)
     assert out["iou"]["aeroplane"] == 0.8 and out["iou"]["background"] == round(90 / 92, 6)
     assert out["iou"]["tvmonitor"] is None and "tvmonitor" in out["absent_classes"]
@@ -69,7 +69,9 @@ class OneByOne(torch.nn.Module):
 
 
 class SizedImages:
-    """A dataset in PreparedSplit's shape (`sizes`, `ds[i]` → uint8 image, label) that counts its reads."""
+    """A dataset in PreparedSplit's shape (`sizes`, `labels`, `ds[i]` → uint8 image, label) that counts its reads."""
+
+    labels = VOC_LABELS
 
     def __init__(self, sizes: list[tuple[int, int]]) -> None:
         generator = torch.Generator().manual_seed(0)

@@ -20,10 +20,11 @@ import yaml
 from pipeline.core import atomic
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import VOC_LABELS
-from pipeline.core.params import UNetOptions, load
+from pipeline.core.params.whole import load
 from pipeline.ingest.archive import extract_segmentation
 from pipeline.ingest.prepare import prepare
-from pipeline.models import build
+from pipeline.models.architectures.unet import UNetOptions
+from pipeline.models.registry import build
 from pipeline.models.saved import save_model
 from pipeline.serving.package import save_served_model
 from pipeline.tracking.runs import HTTP_LIMITS, Tracker
@@ -84,7 +85,7 @@ def test_predict_from_mlflow_loads_the_logged_file_and_refuses_a_tampered_one(tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     torch.manual_seed(0)
-    save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
+    save_model(tmp_path / "model.pt", build("unet", num_classes=21, width=4), architecture="unet",
                           options=UNetOptions(width=4), labels=VOC_LABELS)
     tracker = Tracker("tests", run_name="unet")
     tracker.log_model(tmp_path / "model.pt", save_served_model)
@@ -114,16 +115,31 @@ def test_predict_from_mlflow_loads_the_logged_file_and_refuses_a_tampered_one(tm
 
 # --- 3. a tracking server that answers its health check, then fails or hangs ---------------------------------
 
-@pytest.fixture(params=["fail", "hang"])
-def broken_server(request):
-    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_server.py"), request.param],
+def fault_server(mode: str):
+    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_server.py"), mode],
                               stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
-        yield request.param, f"http://127.0.0.1:{port}"
+        yield mode, f"http://127.0.0.1:{port}"
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture(params=["fail", "hang"])
+def broken_server(request):
+    yield from fault_server(request.param)
+
+
+def test_a_tracking_server_that_refuses_us_fails_the_stage_in_one_line(monkeypatch):
+    """Only an outage (refused, timed out, 5xx) turns tracking off: a 403 is a misconfiguration to fix, and must
+    not pass as "tracking off" while evaluate exits 0 without registering the model."""
+    for _, url in fault_server("forbid"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        with pytest.raises(PipelineError) as error:
+            Tracker("tests", run_name="refused")
+        assert str(error.value).startswith(f"MLflow at {url}: could not start the run: ")
+        assert "403" in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.slow
@@ -133,7 +149,7 @@ def test_a_broken_tracking_server_costs_seconds_and_training_finishes(broken_ser
     for name in HTTP_LIMITS:  # the project's limits, not whatever the environment says
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    from test_train import tiny_params
+    from test_train import tiny_job
 
     from pipeline.training.loop import train_model
 
@@ -148,8 +164,7 @@ def test_a_broken_tracking_server_costs_seconds_and_training_finishes(broken_ser
     assert spent < (10 if mode == "fail" else 30), f"{mode}: {spent:.0f} s before giving up"
     assert sum("MLflow: could not" in r.message for r in caplog.records) == 1
 
-    result = train_model("unet", tiny_params(epochs=1), prepared=prepared, checkpoint_dir=tmp_path / "c",
-                         progress=False)
+    result = train_model(tiny_job(epochs=1), prepared=prepared, checkpoint_dir=tmp_path / "c", progress=False)
     assert result.run_id is None and result.summary["epochs"] == 1
 
 
@@ -250,7 +265,7 @@ def test_read_only_outputs_are_one_line_naming_the_directory(tmp_path, voc_tree,
         assert f"cannot write in {ro}" in line and str(voc_tar) not in line  # the source is not to blame
 
         (tmp_path / "photo.png").write_bytes(_png())
-        save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet",
+        save_model(tmp_path / "model.pt", build("unet", num_classes=21, width=4), architecture="unet",
                               options=UNetOptions(width=4), labels=VOC_LABELS)
         predicted = run(tmp_path, "tools.predict", "--model", "unet", "--model-file", "model.pt", "photo.png",
                         "--out", str(ro / "out"))

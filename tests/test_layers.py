@@ -8,7 +8,9 @@ import shlex
 from pathlib import Path
 
 import pytest
-from test_dvc_contract import STAGES, code_closure, imported_modules
+from test_dvc_contract import STAGES
+
+from devtools.deps import code_closure, imported_modules
 
 REPO = Path(__file__).resolve().parents[1]
 

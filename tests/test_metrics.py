@@ -77,9 +77,9 @@ def random_batch(seed, shape=(2, 48, 40)):
 def test_equals_torchmetrics_jaccard_index():
     pred, target = random_batch(0)
     assert set(target.unique().tolist()) == set(range(21)) | {V}
-    matrix = ConfusionMatrix()
+    matrix = ConfusionMatrix(21)
     matrix.update(pred, target)
-    scores = matrix.compute()
+    scores = matrix.compute(CLASSES)
 
     macro = MulticlassJaccardIndex(num_classes=21, ignore_index=V, average="macro")
     assert scores["miou"] == pytest.approx(macro(pred, target).item(), rel=1e-6)
@@ -114,10 +114,10 @@ def test_class_predicted_but_absent_from_truth_scores_zero_and_counts():
 
 def test_accumulating_batches_equals_one_update_on_everything():
     batches = [random_batch(seed, shape) for seed, shape in ((1, (3, 16, 16)), (2, (1, 40, 24)), (3, (5, 7)))]
-    accumulated = ConfusionMatrix()
+    accumulated = ConfusionMatrix(21)
     for pred, target in batches:
         accumulated.update(pred, target)
-    whole = ConfusionMatrix()
+    whole = ConfusionMatrix(21)
     whole.update(torch.cat([p.flatten() for p, _ in batches]), torch.cat([t.flatten() for _, t in batches]))
     assert torch.equal(accumulated.matrix, whole.matrix)
     # json rather than ==, since NaN != NaN for an absent class
@@ -138,7 +138,7 @@ def test_accumulated_miou_is_not_the_mean_of_per_image_ious():
 def test_uint8_labels_do_not_overflow():
     target = torch.tensor([20, 20, 19, V], dtype=torch.uint8)
     pred = torch.tensor([20, 19, 19, 3], dtype=torch.uint8)
-    matrix = ConfusionMatrix()
+    matrix = ConfusionMatrix(21)
     matrix.update(pred, target)
     assert matrix.matrix[20, 20] == 1 and matrix.matrix[20, 19] == 1 and matrix.matrix[19, 19] == 1
     assert matrix.matrix.sum() == 3
@@ -168,10 +168,10 @@ def test_reduce_without_distributed_is_a_no_op_and_reset_clears():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_matrix_stays_on_the_tensors_device():
     pred, target = random_batch(4)
-    matrix = ConfusionMatrix(device="cuda")
+    matrix = ConfusionMatrix(21, device="cuda")
     matrix.update(pred.cuda(), target.cuda())
     assert matrix.matrix.is_cuda
-    reference = ConfusionMatrix()
+    reference = ConfusionMatrix(21)
     reference.update(pred, target)
     assert torch.equal(matrix.matrix.cpu(), reference.matrix)
 
@@ -181,7 +181,7 @@ def test_per_image_iou_by_hand():
     pred = np.array([[0, 2], [2, 2], [5, 5]], dtype=np.uint8)
     # only classes 0 and 2 occur on labelled pixels (5 sits on void):
     # 0: 1 / (2 + 1 - 1) = 1/2;  2: 2 / (2 + 3 - 2) = 2/3 → (1/2 + 2/3) / 2 = 7/12
-    assert per_image_iou(pred, target) == pytest.approx(7 / 12)
-    assert per_image_iou(torch.from_numpy(pred), torch.from_numpy(target)) == pytest.approx(7 / 12)
-    assert per_image_iou(pred[:, ::-1], target[:, ::-1]) == pytest.approx(7 / 12)  # a flipped view works too
+    assert per_image_iou(pred, target, 21) == pytest.approx(7 / 12)
+    assert per_image_iou(torch.from_numpy(pred), torch.from_numpy(target), 21) == pytest.approx(7 / 12)
+    assert per_image_iou(pred[:, ::-1], target[:, ::-1], 21) == pytest.approx(7 / 12)  # a flipped view works too
     assert per_image_iou(PRED, TARGET, num_classes=3) == pytest.approx(5 / 9)

@@ -56,15 +56,15 @@ def test_on_cuda_a_network_with_depthwise_convolutions_predicts_in_fp32_and_nchw
     hundreds of sizes; PyTorch's own NCHW depthwise kernel needs no set-up. Training (one crop size) and every
     other network keep what params ask for. A torch.device is taken as is, so no GPU is needed to check this."""
     from pipeline.core.runtime import has_depthwise_convolutions
-    from pipeline.models import build
+    from pipeline.models.registry import build
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # resolve(training=True) turns it on
     cuda = torch.device("cuda")
-    mobilenet = build("deeplab", backbone="mobilenet_v3_large", aux_loss=False, pretrained="none")
-    resnet = build("deeplab", backbone="resnet18", pretrained="none")
+    mobilenet = build("deeplab", num_classes=21, backbone="mobilenet_v3_large", aux_loss=False, pretrained="none")
+    resnet = build("deeplab", num_classes=21, backbone="resnet18", pretrained="none")
     assert has_depthwise_convolutions(mobilenet)
-    assert not any(has_depthwise_convolutions(net) for net in (resnet, build("fcn", pretrained="none"),
-                                                               build("unet", width=8)))
+    assert not any(has_depthwise_convolutions(net) for net in (resnet, build("fcn", num_classes=21, pretrained="none"),
+                                                               build("unet", num_classes=21, width=8)))
     predicting = resolve(cuda, network=mobilenet)
     assert predicting.autocast_dtype is None and not predicting.channels_last
     for policy in (resolve(cuda, network=resnet), resolve(cuda, network=mobilenet, training=True), resolve(cuda)):
@@ -77,16 +77,17 @@ def test_evaluation_never_autotunes_and_training_keeps_its_setting(monkeypatch):
     cudnn.benchmark is back as it was."""
     import torch
 
+    from pipeline.core.labels import VOC_LABELS
     from pipeline.core.runtime import resolve
     from pipeline.evaluation.evaluate import evaluate
-    from pipeline.models import build
+    from pipeline.models.registry import build
 
     seen = []
 
     class Recorder(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = build("unet", width=4)
+            self.net = build("unet", num_classes=21, width=4)
 
         def forward(self, x):
             seen.append(torch.backends.cudnn.benchmark)
@@ -94,6 +95,6 @@ def test_evaluation_never_autotunes_and_training_keeps_its_setting(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     images = [(torch.zeros(3, h, 20, dtype=torch.uint8), torch.zeros(h, 20, dtype=torch.uint8)) for h in (16, 24)]
-    evaluate(Recorder(), images, resolve("cpu"))
+    evaluate(Recorder(), images, resolve("cpu"), labels=VOC_LABELS)
     assert seen == [False, False]
     assert torch.backends.cudnn.benchmark is True

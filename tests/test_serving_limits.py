@@ -25,8 +25,9 @@ from devtools import serving_load
 from pipeline.core import runtime
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import VOC_LABELS
-from pipeline.core.params import ServingParams, UNetOptions
-from pipeline.models import build
+from pipeline.core.params.serving import ServingParams
+from pipeline.models.architectures.unet import UNetOptions
+from pipeline.models.registry import build
 from pipeline.models.saved import load_model, save_model
 from pipeline.serving.images import at_size, read_photo
 from pipeline.serving.package import save_served_model
@@ -93,7 +94,8 @@ def test_other_formats_above_the_limit_are_refused_from_their_header():
 
 def test_too_many_rows_are_refused_before_any_is_decoded():
     with pytest.raises(PipelineError, match=r"^5 rows in one request, above serving.max_rows \(4\)"):
-        segment_encoded(torch.nn.Identity(), runtime.resolve("cpu"), ["not base64"] * 5, max_rows=4)
+        segment_encoded(torch.nn.Identity(), runtime.resolve("cpu"), ["not base64"] * 5, max_rows=4,
+                        labels=VOC_LABELS)
 
 
 # --- the real server ----------------------------------------------------------------------------------------
@@ -119,7 +121,7 @@ def expected_mask(model: torch.nn.Module, data: bytes) -> bytes:
     """What `tools.predict` writes for this file under LIMITS (its reading and segmenting functions)."""
     encoded = base64.b64encode(data).decode()
     return base64.b64decode(segment_encoded(model, runtime.resolve("cpu", network=model), [encoded],
-                                            max_pixels=LIMITS.max_pixels)[0])
+                                            max_pixels=LIMITS.max_pixels, labels=VOC_LABELS)[0])
 
 
 @pytest.mark.slow
@@ -127,7 +129,8 @@ def expected_mask(model: torch.nn.Module, data: bytes) -> bytes:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from /proc (Linux)")
 def test_the_served_model_survives_abusive_requests_and_answers_the_next_ones(tmp_path):
     torch.manual_seed(0)
-    save_model(tmp_path / "model.pt", build("unet", width=4), architecture="unet", options=UNetOptions(width=4),
+    save_model(tmp_path / "model.pt", build("unet", num_classes=21,
+                                            width=4), architecture="unet", options=UNetOptions(width=4),
                labels=VOC_LABELS)
     save_served_model(tmp_path / "model.pt", tmp_path / "served", limits=LIMITS)
     model = load_model(tmp_path / "model.pt").eval()
@@ -182,13 +185,13 @@ def test_predict_follows_the_same_limits(tmp_path):
     (tmp_path / "big.jpg").write_bytes(jpeg((1500, 2000)))
     Image.new("RGB", (1500, 1000)).save(tmp_path / "wide.png")
     torch.manual_seed(0)
-    model = build("unet", width=4).eval()
+    model = build("unet", num_classes=21, width=4).eval()
     failures = segment_files(model, [tmp_path / "big.jpg", tmp_path / "wide.png"], tmp_path / "out",
-                             runtime.resolve("cpu"), max_pixels=1_000_000)
+                             runtime.resolve("cpu"), max_pixels=1_000_000, labels=VOC_LABELS)
     assert failures == [f"{tmp_path / 'wide.png'}: 1500×1000 pixels, above serving.max_pixels (1,000,000); only JPEGs "
                         "are predicted on a downscaled copy: send a JPEG or a smaller image"]
     with Image.open(tmp_path / "out/big.png") as mask:
         assert mask.size == (2000, 1500) and mask.mode == "P"  # the photo's size, predicted on a smaller copy
     served = segment_encoded(model, runtime.resolve("cpu"), [base64.b64encode((tmp_path / "big.jpg").read_bytes())
-                                                            .decode()], max_pixels=1_000_000)[0]
+                                                            .decode()], max_pixels=1_000_000, labels=VOC_LABELS)[0]
     assert (tmp_path / "out/big.png").read_bytes() == base64.b64decode(served)  # what the served model answers

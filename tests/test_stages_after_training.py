@@ -15,10 +15,10 @@ import yaml
 from PIL import Image
 
 from pipeline.core.labels import VOC_LABELS
-from pipeline.core.params import UNetOptions
 from pipeline.evaluation.regression import regressions
 from pipeline.ingest.prepare import prepare
-from pipeline.models import build
+from pipeline.models.architectures.unet import UNetOptions
+from pipeline.models.registry import build
 from pipeline.models.saved import save_model
 from pipeline.prepared.dataset import PreparedSplit
 
@@ -36,7 +36,7 @@ def workdir(voc_tree, tmp_path_factory) -> Path:
     raw["render"] = {"ids": val_ids[:2], "worst_k": 1}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     torch.manual_seed(0)
-    model = build("unet", width=4)
+    model = build("unet", num_classes=21, width=4)
     save_model(root / "models/unet/model.pt", model, architecture="unet", options=UNetOptions(width=4),
                labels=VOC_LABELS)
     (root / "models/unet/mlflow_run.json").write_text(json.dumps({"run_id": None}))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from devtools.synthetic import ID_PREFIX, UNLISTED, write_voc_tar
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import NUM_CLASSES, flat_palette
+from pipeline.core.labels import NUM_CLASSES, VOC_LABELS, flat_palette
 from pipeline.ingest.voc import ARCHIVE_ROOT
 
 # The smallest splits for which every class is promised in both (7 images × 3 objects ≥ 20 classes).
@@ -72,7 +72,7 @@ def test_labels_are_voc_palette_pngs_with_every_class_in_both_splits(small_tar):
             for image_id in _ids(tar, split):
                 label = _label(tar, image_id)
                 assert label.mode == "P"
-                assert label.getpalette() == flat_palette()
+                assert label.getpalette() == flat_palette(VOC_LABELS)
                 values = np.array(label)
                 present |= set(np.unique(values).tolist())
                 void += int((values == 255).sum())

@@ -1,6 +1,8 @@
 """Team use, for real on generated data: a shared DVC remote (push; a fresh clone pulls, reruns nothing and passes
 CI's evaluation check) and a parameter sweep as queued DVC experiments, each one MLflow run in the project's own
-store, tagged with its experiment. One full pipeline run of one tiny model serves both."""
+store, tagged with its experiment; and what an edit of a network, the training schema or a figure makes stale. One
+full pipeline run of two tiny models serves them all (two, so that an edit of one network's file can be seen to
+leave the other's stages up to date)."""
 
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def team_project(tmp_path_factory, voc_tar, sbd_tgz, voc_tree) -> Path:
-    """A git + DVC project holding the pipeline's code and definition, with the whole pipeline run once (one tiny
-    FCN on the generated archives) and committed with its lock file and metrics, on branch main."""
+    """A git + DVC project holding the pipeline's code and definition, with the whole pipeline run once (a tiny FCN
+    and a tiny U-Net on the generated archives) and committed with its lock file and metrics, on branch main."""
     root = tmp_path_factory.mktemp("team") / "project"
     for name in ("pipeline", "stages", "tools"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -64,7 +66,8 @@ def team_project(tmp_path_factory, voc_tar, sbd_tgz, voc_tree) -> Path:
         shutil.copy(REPO / name, root / name)
     raw = offline_params(voc_tar, sbd_tgz)
     raw["train"].update(TINY_TRAIN)
-    raw["models"] = {"fcn": {"architecture": "fcn", "options": {"variant": "fcn32s", "pretrained": "none"}}}
+    raw["models"] = {"fcn": {"architecture": "fcn", "options": {"variant": "fcn32s", "pretrained": "none"}},
+                     "unet": {"architecture": "unet", "options": {"width": 4}, "train": {"epochs": 1}}}
     val_ids = (voc_tree / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
     raw["render"] = {"ids": val_ids[:2], "worst_k": 1}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -120,7 +123,7 @@ def test_a_clone_pulls_from_the_shared_remote_reruns_nothing_and_passes_the_ci_c
 
     # CI's step "Evaluate against the base branch (DVC remote configured)" (.github/workflows/evaluate.yml).
     forced = run(clone, "dvc", "repro", "--force", "--single-item", "--glob", "evaluate@*", env=env)
-    assert forced.count("Running stage") == 1 and "Running stage 'evaluate@fcn'" in forced
+    assert forced.count("Running stage") == 2 and "Running stage 'evaluate@fcn'" in forced
     checked = run(clone, sys.executable, "-m", "tools.check_metrics", "--against", "origin/main", env=env)
     assert "metrics check passed" in checked
     assert (clone / "metrics/fcn.json").read_bytes() == (project / "metrics/fcn.json").read_bytes()
@@ -284,19 +287,27 @@ def stale_stages(project: Path) -> set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("edited", "old", "new", "stale"), [
     # An overlay's colour (the render stages' pictures) changes no model and no metric.
-    ("pipeline/reporting/draw.py", "ERROR_RGB = (255, 48, 48)", "ERROR_RGB = (255, 0, 0)", {"render@fcn", "compare"}),
+    ("pipeline/reporting/draw.py", "ERROR_RGB = (255, 48, 48)", "ERROR_RGB = (255, 0, 0)",
+     {"render@fcn", "render@unet", "compare"}),
     # The training curves' figure is drawn by render from the train stage's history.
     ("pipeline/reporting/figures.py", 'axes.set_xlabel("epoch")', 'axes.set_xlabel("epochs")',
-     {"render@fcn", "compare"}),
+     {"render@fcn", "render@unet", "compare"}),
     # The served model's request decoding is no stage's dependency.
     ("pipeline/serving/service.py", "base64-encoded", "base64 encoded", set()),
     # The exporter: the export alone (evaluate follows only if model.onnx comes out different); nothing retrains.
-    ("pipeline/export/onnx_export.py", "IMAGES_PER_SIZE = 2", "IMAGES_PER_SIZE = 2  # edited", {"export@fcn"}),
-    # The network itself: every model is trained, exported and evaluated again (render follows once their outputs
-    # change).
-    ("pipeline/models/fcn.py", "class FCN32s(", "class FCN32s(  # edited\n",
+    ("pipeline/export/onnx_export.py", "IMAGES_PER_SIZE = 2", "IMAGES_PER_SIZE = 2  # edited",
+     {"export@fcn", "export@unet"}),
+    # A network's own file: its models are trained, exported and evaluated again (render follows once their outputs
+    # change); the other architecture's model is left alone.
+    ("pipeline/models/architectures/fcn.py", "class FCN32s(", "class FCN32s(  # edited\n",
      {"train@fcn", "export@fcn", "evaluate@fcn"}),
-], ids=["overlay colour", "history figure", "request decoding", "exporter", "model code"])
+    ("pipeline/models/architectures/unet.py", "class UNet(", "class UNet(  # edited\n",
+     {"train@unet", "export@unet", "evaluate@unet"}),
+    # The training schema: every model trains again; no data stage reads it, so nothing is extracted or prepared.
+    ("pipeline/core/params/train.py", "class TrainParams:", "class TrainParams:  # edited\n",
+     {"train@fcn", "train@unet"}),
+], ids=["overlay colour", "history figure", "request decoding", "exporter", "fcn's network", "unet's network",
+        "training schema"])
 def test_c_an_edit_reruns_only_the_stages_whose_outputs_it_can_change(team_project, edited, old, new, stale):
     path = team_project / edited
     original = path.read_text()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.core.cli import run_stage, venv_tool
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import load
+from pipeline.core.params.whole import load
 from pipeline.evaluation.regression import current_scores, regressions, scores_at_revision
 
 

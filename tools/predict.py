@@ -17,7 +17,8 @@ from pathlib import Path
 from pipeline.core import runtime
 from pipeline.core.cli import model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import ServingParams, load
+from pipeline.core.params.serving import ServingParams
+from pipeline.core.params.whole import load
 from pipeline.export.onnx_model import OnnxModel
 from pipeline.models.saved import load_saved, saved_labels
 from pipeline.serving.predict_files import expand, segment_files

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.core.cli import run_stage
-from pipeline.core.params import load
+from pipeline.core.params.whole import load
 from pipeline.tracking.registry import promote
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.cli import run_stage, venv_tool
-from pipeline.core.params import load
+from pipeline.core.params.whole import load
 from pipeline.tracking.runs import configure_client, ensure_experiment, runs_view_url, tracking_uri
 
 

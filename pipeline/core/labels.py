@@ -78,7 +78,7 @@ class LabelSet:
 VOC_LABELS = LabelSet.of("voc", CLASSES)
 
 
-def flat_palette(labels: LabelSet = VOC_LABELS) -> list[int]:
+def flat_palette(labels: LabelSet) -> list[int]:
     """The palette as PIL's `putpalette` wants it: 768 ints."""
     return labels.palette().reshape(-1).tolist()
 
@@ -93,7 +93,7 @@ def check_label(label: np.ndarray) -> np.ndarray:
     return label.astype(np.uint8, copy=False)
 
 
-def label_png(label: np.ndarray, labels: LabelSet = VOC_LABELS) -> Image.Image:
+def label_png(label: np.ndarray, labels: LabelSet) -> Image.Image:
     """An 8-bit palette image whose pixel values are the class indices (255 = void), coloured with the dataset's
     palette: for VOC, the format of its SegmentationClass files and of the VOC evaluation server."""
     label = np.ascontiguousarray(check_label(label))

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.atomic import atomic_dir
-from pipeline.core.labels import VOC_LABELS, LabelSet, label_png
+from pipeline.core.labels import LabelSet, label_png
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import Runtime
 from pipeline.evaluation.metrics import ConfusionMatrix
@@ -34,9 +34,14 @@ class EvaluationRun:
         return self.images / self.seconds if self.seconds else float("nan")
 
 
-def dataset_labels(dataset) -> LabelSet:
-    """The label set of `dataset`: a `PreparedSplit`'s own, VOC's for any other dataset."""
-    return getattr(dataset, "labels", VOC_LABELS)
+def dataset_labels(dataset, labels: LabelSet | None = None) -> LabelSet:
+    """The label set of `dataset` (a `PreparedSplit`'s own, or `labels` for a dataset without one): it sizes the
+    confusion matrix and names the scores. Never guessed: a dataset's class count decides every score."""
+    labels = labels or getattr(dataset, "labels", None)
+    if not isinstance(labels, LabelSet):
+        raise TypeError(f"{type(dataset).__name__} has no label set (`labels`); evaluate a PreparedSplit, or pass "
+                        "labels=")
+    return labels
 
 
 def evaluate(
@@ -50,6 +55,7 @@ def evaluate(
     on_prediction: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     progress: bool = False,
     batch_size: int = 1,
+    labels: LabelSet | None = None,
 ) -> EvaluationRun:
     """Predict every image of `dataset` (or `indices` of it: a rank's shard) and accumulate the confusion matrix.
 
@@ -57,7 +63,7 @@ def evaluate(
     write the palette PNG; with `batch_size` > 1 images come grouped by size, so not in index order.
     """
     model.eval()
-    confusion = ConfusionMatrix(dataset_labels(dataset).num_classes, device=runtime.device)
+    confusion = ConfusionMatrix(dataset_labels(dataset, labels).num_classes, device=runtime.device)
     indices = list(range(len(dataset)) if indices is None else indices)
     scales = list(scales)
     start = time.perf_counter()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from pipeline.core.labels import IGNORE_INDEX
 
 
 def _confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -41,7 +41,7 @@ def _confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> to
 class ConfusionMatrix:
     """Accumulates over batches (and processes), then `compute()`; the shape of torchvision's reference class."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, device: str | torch.device = "cpu") -> None:
+    def __init__(self, num_classes: int, device: str | torch.device = "cpu") -> None:
         self.num_classes = num_classes
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
@@ -61,7 +61,7 @@ class ConfusionMatrix:
 
     def compute(self, class_names: Sequence[str] | None = None) -> dict:
         if class_names is None:
-            class_names = CLASSES if self.num_classes == NUM_CLASSES else [str(c) for c in range(self.num_classes)]
+            class_names = [str(c) for c in range(self.num_classes)]  # the indices: names come with a label set
         return scores_from_confusion(self.matrix, class_names)
 
 
@@ -80,7 +80,7 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
-def scores_from_confusion(matrix: np.ndarray | torch.Tensor, class_names: Sequence[str] = CLASSES) -> dict:
+def scores_from_confusion(matrix: np.ndarray | torch.Tensor, class_names: Sequence[str]) -> dict:
     """The VOC scores of an accumulated confusion matrix (rows = ground truth, columns = prediction).
 
     A class with neither ground-truth nor predicted pixels has IoU NaN and is left out of the mean (it is listed in
@@ -111,7 +111,7 @@ def scores_from_confusion(matrix: np.ndarray | torch.Tensor, class_names: Sequen
 
 
 def per_image_iou(
-    pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int = NUM_CLASSES
+    pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int
 ) -> float:
     """Mean IoU over the classes present in this image's ground truth or prediction (void pixels ignored).
 

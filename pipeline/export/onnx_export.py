@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from pipeline.core.atomic import atomic_file
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import ExportParams
+from pipeline.core.params.export import ExportParams
 from pipeline.export.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModel
 from pipeline.prepared.transforms import normalize
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.core.atomic import atomic_dir
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import DatasetParams
+from pipeline.core.params.data import DatasetParams
 from pipeline.core.progress import Progress
 from pipeline.ingest import sbd, voc
 from pipeline.ingest.sbd import SBD_ROOT

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import DatasetParams
+from pipeline.core.params.data import DatasetParams
 from pipeline.ingest import splits
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

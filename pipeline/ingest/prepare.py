@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.core.atomic import atomic_dir, full_disk_reported, require_space, require_writable, write_json
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import IGNORE_INDEX, LabelSet
-from pipeline.core.params import DatasetParams
+from pipeline.core.params.data import DatasetParams
 from pipeline.core.progress import Progress
 from pipeline.ingest import folders, sbd, splits, voc
 from pipeline.ingest.masks import MaskReader

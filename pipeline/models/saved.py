@@ -18,8 +18,7 @@ import torch
 from pipeline.core.atomic import atomic_file, is_disk_full, no_space
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import VOC_LABELS, LabelSet
-from pipeline.core.params import ModelOptions
-from pipeline.models import build
+from pipeline.models.registry import build
 
 
 def _nbytes(state: Any) -> int:
@@ -69,8 +68,7 @@ def save_state(state: dict, path: Path) -> None:
             raise
 
 
-def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: ModelOptions,
-               labels: LabelSet) -> None:
+def save_model(path: Path, model: torch.nn.Module, *, architecture: str, options: Any, labels: LabelSet) -> None:
     """The trained network as a plain dict: what to rebuild (architecture, options, classes) and its state dict."""
     state = {
         "architecture": architecture,
@@ -104,10 +102,11 @@ def _labels(state: dict) -> LabelSet:
 def load_saved(path: str | Path) -> SavedModel:
     """Rebuild the trained network from `models/<name>/model.pt`, in eval mode, on the CPU (callers place it
     with their runtime policy), with its label set."""
-    state = _read_state(Path(path))
-    # The trained weights replace any backbone initialisation: never fetch ImageNet weights just to load.
-    options = {key: value for key, value in state["options"].items() if key not in ("pretrained", "weights_sha256")}
-    model = build(state["architecture"], num_classes=state["num_classes"], **options)
+    path = Path(path)
+    state = _read_state(path)
+    # The trained weights replace any pretrained ones: never fetch or read those just to load.
+    model = build(state["architecture"], num_classes=state["num_classes"], weights=False, where=str(path),
+                  **state["options"])
     model.load_state_dict(state["state_dict"])
     return SavedModel(model.eval(), _labels(state))
 

@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import os
 import pickle
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -50,9 +51,20 @@ def hub_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
 
 
-def _check_source(pretrained: str, sha256: str | None, where: str) -> None:
+def check_source(pretrained: str, weights_sha256: str | None) -> None:
+    """The options' own check, when params.yaml is read: `pretrained` is imagenet, none or a local file, which
+    must come with its sha256 (checked, with the file's existence, when it is loaded)."""
+    if pretrained in ("imagenet", "none"):
+        if weights_sha256 is not None:
+            raise PipelineError(f"weights_sha256: only used with a local weights file, not with pretrained: "
+                                f"{pretrained}; remove it")
+    elif weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", weights_sha256):
+        raise PipelineError(f"weights_sha256: must be 64 hexadecimal digits, got {weights_sha256!r}")
+
+
+def _check_local(pretrained: str, sha256: str | None, where: str) -> None:
     """The checks that need no download or hashing of a good file: a local path exists and comes with a sha256
-    (params.yaml's checks of the values themselves are in `pipeline.core.params`)."""
+    (`check_source` checks the values themselves)."""
     if pretrained in ("imagenet", "none"):
         return
     path = Path(pretrained)
@@ -69,7 +81,7 @@ def load_backbone(backbone: nn.Module, name: str, pretrained: str, sha256: str |
     """Load ImageNet weights of torchvision's `name` classifier into `backbone` (its feature extractor).
 
     Strict for every backbone key; the classifier's keys (`fc.*`, `classifier.*`) are ignored."""
-    _check_source(pretrained, sha256, where)
+    _check_local(pretrained, sha256, where)
     if pretrained == "none":
         return
     if pretrained == "imagenet":

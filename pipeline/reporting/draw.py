@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.core.labels import IGNORE_INDEX, VOC_LABELS, LabelSet, check_label
+from pipeline.core.labels import IGNORE_INDEX, LabelSet, check_label
 
 MARGIN = 12
 GAP = 8
@@ -35,12 +35,12 @@ def _check_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return image
 
 
-def colorize(label: np.ndarray, labels: LabelSet = VOC_LABELS) -> np.ndarray:
+def colorize(label: np.ndarray, labels: LabelSet) -> np.ndarray:
     """H×W class indices → H×W×3 uint8 class colours (void 255 → VOC's cream outline colour)."""
     return labels.palette()[check_label(label)]
 
 
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5, labels: LabelSet = VOC_LABELS) -> np.ndarray:
+def overlay(image: np.ndarray, label: np.ndarray, *, labels: LabelSet, alpha: float = 0.5) -> np.ndarray:
     """Blend the class colours over the photo with weight `alpha`.
 
     Void (255) pixels and those of a class coloured black (VOC's background) keep the photo untouched: black would
@@ -151,7 +151,7 @@ def _captioned(tile: Image.Image, caption: str, size: int = 15) -> Image.Image:
 
 
 def panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, *, title: str = "",
-          labels: LabelSet = VOC_LABELS) -> Image.Image:
+          labels: LabelSet) -> Image.Image:
     """image | ground truth | prediction | errors, at the image's own resolution (a whole multiple of it when
     narrower than PANEL_MIN_TILE), with a legend of the classes in truth or prediction. In the error tile, wrong
     labelled pixels are red on the dimmed photo and void is grey."""
@@ -189,7 +189,7 @@ def compare_grid(
     *,
     scores: dict[str, Sequence[float]] | None = None,
     tile_size: int = 240,
-    labels: LabelSet = VOC_LABELS,
+    labels: LabelSet,
 ) -> Image.Image:
     """One row per image: image | ground truth | one column per model (in `predictions` order), each cell fitted
     into a tile_size square; `scores[model][row]` (e.g. the per-image IoU) is printed above that model's cell."""

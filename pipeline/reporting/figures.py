@@ -12,8 +12,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from pipeline.core.labels import CLASSES
-
 
 def _figure_to_image(figure: Figure) -> Image.Image:
     canvas = FigureCanvasAgg(figure)
@@ -21,7 +19,7 @@ def _figure_to_image(figure: Figure) -> Image.Image:
     return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
-def confusion_figure(matrix: np.ndarray, class_names: Sequence[str] = CLASSES) -> Image.Image:
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str]) -> Image.Image:
     """Heatmap of the confusion matrix with each ground-truth row normalised to 1 (the diagonal is the recall);
     classes without ground-truth pixels are left blank, cells of at least 1 % are labelled in percent."""
     matrix = np.asarray(matrix.cpu() if hasattr(matrix, "cpu") else matrix, dtype=np.float64)

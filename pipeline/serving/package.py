@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.params import ServingParams
+from pipeline.core.params.serving import ServingParams
 
 # The served model's signature: one base64 image file per request row in, one base64 palette PNG per row out.
 INPUT_COLUMN = "image"

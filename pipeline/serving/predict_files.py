@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.core.atomic import require_writable, write_png
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import VOC_LABELS, LabelSet, label_png
+from pipeline.core.labels import LabelSet, label_png
 from pipeline.core.runtime import Runtime
 from pipeline.reporting.draw import overlay
 from pipeline.serving.images import at_size, read_photo, segment
@@ -58,7 +58,7 @@ def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime,
-                  max_pixels: int | None = None, labels: LabelSet = VOC_LABELS) -> list[str]:
+                  *, labels: LabelSet, max_pixels: int | None = None) -> list[str]:
     """Write `<stem>.png` (class indices in a palette PNG of `labels`' colours, the input's size) and
     `<stem>_overlay.png` per input; returns one line per file that could not be read, after processing all the
     others. A JPEG above `max_pixels` is predicted

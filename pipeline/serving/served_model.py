@@ -8,7 +8,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import ServingParams
+from pipeline.core.params.serving import ServingParams
 from pipeline.serving.package import INPUT_COLUMN, OUTPUT_COLUMN
 from pipeline.serving.service import load_service_model, segment_encoded
 

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.core import runtime
 from pipeline.core.errors import PipelineError
-from pipeline.core.labels import VOC_LABELS, LabelSet, label_png
+from pipeline.core.labels import LabelSet, label_png
 from pipeline.models.saved import load_saved
 from pipeline.serving.images import at_size, read_photo, segment
 from pipeline.serving.package import INPUT_COLUMN
@@ -34,7 +34,7 @@ def decode_image(encoded: str, row: int, max_pixels: int | None = None) -> tuple
     return read_photo(io.BytesIO(data), name=f"row {row}", max_pixels=max_pixels)
 
 
-def encode_mask(mask: np.ndarray, labels: LabelSet = VOC_LABELS) -> str:
+def encode_mask(mask: np.ndarray, labels: LabelSet) -> str:
     """The palette PNG `tools.predict` writes (no metadata, so equal pixels give equal bytes), base64."""
     buffer = io.BytesIO()
     label_png(mask, labels).save(buffer, format="PNG")
@@ -57,7 +57,7 @@ def check_rows(rows: int, max_rows: int) -> None:
 
 def segment_encoded(model: torch.nn.Module, policy: runtime.Runtime, images: list[str], *,
                     max_pixels: int | None = None, max_rows: int | None = None,
-                    labels: LabelSet = VOC_LABELS) -> list[str]:
+                    labels: LabelSet) -> list[str]:
     """One `mask_png` per encoded image, at the image's size; too many rows fail before any is decoded, and every
     row is decoded before any is segmented, so a bad row fails the request before the model spends time on the
     others."""

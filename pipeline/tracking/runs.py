@@ -1,7 +1,9 @@
-"""The stages' MLflow runs: one per trained model, reopened by evaluate and render. A tracking failure never fails a
-stage: it warns once and the stage goes on (the DVC outputs still hold the model and every number). The other
-modules that import mlflow are the registry (`pipeline.tracking.registry`) and the served model
-(`pipeline.serving`).
+"""The stages' MLflow runs: one per trained model, reopened by evaluate and render. An outage of the tracking store
+(a refused or dropped connection, a time-out, an HTTP 5xx, a locked SQLite file) never fails a stage: it warns once,
+tracking is off for the rest of the stage, and the stage goes on (the DVC outputs still hold the model and every
+number). Anything else (a 4xx, a bug in the calls made here) fails the stage, so that a broken integration is never
+mistaken for "tracking off". The other modules that import mlflow are the registry (`pipeline.tracking.registry`)
+and the served model (`pipeline.serving`).
 
 Default store: `mlflow.db` (SQLite) at the repository root, artefacts in `mlruns/`; `MLFLOW_TRACKING_URI`
 points everything at a server instead. "The repository root" is DVC_ROOT when DVC runs the stage: a queued or
@@ -11,11 +13,14 @@ are deleted afterwards (iterative/dvc#8854), and DVC points DVC_ROOT at the chec
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import socket
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable
@@ -70,15 +75,46 @@ def tracking_uri() -> str:
 
 
 def _reachable(uri: str, timeout_s: float = 5.0) -> str | None:
-    """None when an HTTP tracking server answers its health check, else why not. MLflow's own client would
-    retry for minutes before giving up, so ask once, quickly."""
+    """None when an HTTP tracking server answers its health check, else why not (an outage). MLflow's own client
+    would retry for minutes before giving up, so ask once, quickly. An answer that says the address is no tracking
+    server (an HTTP 4xx) is a `PipelineError`: a wrong MLFLOW_TRACKING_URI is the user's to fix, not an outage."""
     if not uri.startswith(("http://", "https://")):
         return None
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
             return None
-    except Exception as error:  # refused, DNS, timeout, HTTP error: all mean "not usable now"
+    except urllib.error.HTTPError as error:
+        if error.code >= 500:
+            return f"HTTP {error.code} {error.reason}"
+        from pipeline.core.errors import PipelineError
+
+        raise PipelineError(f"MLFLOW_TRACKING_URI {uri} answers /health with HTTP {error.code} {error.reason}: "
+                            "not an MLflow tracking server; fix the URI or unset it to track locally") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, DNS, time-out, reset
         return str(getattr(error, "reason", error))
+
+
+def is_outage(error: BaseException, remote: bool) -> bool:
+    """True for a failure of the tracking store itself, not of what was asked of it: a connection refused, reset or
+    timed out (at any depth of the exception's chain: MLflow wraps requests' errors in its own), an HTTP 5xx from a
+    `remote` (http, https) store, or a SQLite store locked by another process for longer than its time-out."""
+    import requests
+    import urllib3
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException,
+                              requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                              urllib3.exceptions.HTTPError)):
+            return True
+        status = getattr(error, "get_http_status_code", None)  # MlflowException: the server's answer, or ours
+        if remote and status is not None and status() >= 500:
+            return True
+        if type(error).__name__ == "OperationalError" and "database is locked" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 # The experiment's tags: MLflow 3's UI opens an experiment by its kind, and without one guesses (a new, empty one
@@ -130,6 +166,7 @@ class Tracker:
         self.run_id: str | None = None
         self.active = False
         uri = tracking_uri()
+        self.remote = uri.startswith(("http://", "https://"))
         configure_client()
         reason = _reachable(uri)
         if reason is not None:
@@ -138,6 +175,7 @@ class Tracker:
             return
         try:
             import mlflow
+            from mlflow.exceptions import MlflowException
 
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(experiment_id=ensure_experiment(mlflow, experiment, uri))
@@ -145,7 +183,9 @@ class Tracker:
             if run_id is not None:
                 try:
                     run = mlflow.start_run(run_id=run_id)
-                except Exception as error:
+                except MlflowException as error:
+                    if is_outage(error, self.remote):
+                        raise
                     log.warning("MLflow run %s is not in %s (%s): logging to a new run", run_id, uri, error)
             if run is None:
                 run = mlflow.start_run(run_name=run_name)
@@ -155,6 +195,16 @@ class Tracker:
             self._disable("start the run", error)
 
     def _disable(self, what: str, error: Exception) -> None:
+        """Tracking off for the rest of the stage after an outage; any other failure is the stage's."""
+        if not is_outage(error, self.remote):
+            from mlflow.exceptions import MlflowException
+
+            from pipeline.core.errors import PipelineError
+
+            if isinstance(error, MlflowException):  # the store refused what was asked: a permission, a bad value
+                raise PipelineError(f"MLflow at {tracking_uri()}: could not {what}: {str(error).splitlines()[0]}; "
+                                    "only an outage of the tracking store turns tracking off") from error
+            raise error
         log.warning("MLflow: could not %s (%s): tracking is off for the rest of this stage", what, error)
         self.active = False
 

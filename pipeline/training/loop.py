@@ -17,6 +17,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,16 +25,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params, TrainParams, as_flat_dict
+from pipeline.core.params.models import ModelParams, model_params
+from pipeline.core.params.schema import ParamsFile, as_flat_dict
+from pipeline.core.params.tracking import dataset_source, tracking_params
+from pipeline.core.params.train import TrainParams, train_params
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import Runtime, resolve
 from pipeline.evaluation.evaluate import evaluate
-from pipeline.models import build, set_batchnorm_momentum
+from pipeline.models.layers import set_batchnorm_momentum
+from pipeline.models.registry import build, typed_options
 from pipeline.models.saved import save_model
 from pipeline.prepared.dataset import PreparedSplit
 from pipeline.tracking.runs import Tracker, provenance_tags, run_name
 from pipeline.training import checkpoint, distributed
 from pipeline.training.augment import collate_samples
+from pipeline.training.losses import SegmentationLoss, make_loss
 from pipeline.training.optimization import NonFiniteLoss, make_optimizer, make_scheduler, train_step
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,30 @@ log = logging.getLogger(__name__)
 _NOT_IN_HASH = ("workers", "device", "compile")
 
 
+@dataclass(frozen=True)
+class TrainingJob:
+    """What training one model reads from params.yaml, and nothing more: its entry of `models` (with the typed
+    options of its architecture), its recipe (`train` with the model's overrides), the MLflow experiment, and the
+    dataset's name and source for the run's record."""
+
+    key: str
+    model: ModelParams
+    options: Any  # the architecture's options dataclass (`pipeline.models.registry.typed_options`)
+    recipe: TrainParams
+    experiment: str
+    dataset_name: str
+    dataset_source: str
+
+    @classmethod
+    def from_params(cls, params: ParamsFile, name: str) -> TrainingJob:
+        """Model `name` of `params`; every mistake in the sections it reads is one line, before any work."""
+        key, model = model_params(params, name)
+        with params.naming_errors():
+            options = typed_options(model.architecture, model.options, f"models.{key}")
+        return cls(key, model, options, train_params(params, key), tracking_params(params).experiment,
+                   params.dataset_name(), dataset_source(params))
+
+
 @dataclass
 class TrainResult:
     model: torch.nn.Module
@@ -50,6 +80,7 @@ class TrainResult:
     summary: dict
     run_id: str | None
     experiment: str
+    checkpoint_dir: Path  # this params set's checkpoints: the stage removes them once its outputs are written
     is_main: bool = True
 
 
@@ -66,23 +97,25 @@ class Session:
     iters_per_epoch: int
     net: torch.nn.Module  # the bare network: what is checkpointed, validated and saved
     model: torch.nn.Module  # what the step calls: `net`, wrapped in DDP and/or compiled as asked
+    loss: SegmentationLoss
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sampler: DistributedSampler
     run_hash: str
-    checkpoint_dir: Path
+    checkpoint_dir: Path  # this params set's own directory under the model's checkpoint root
     history: list[dict] = field(default_factory=list)
     resumed_run_id: str | None = None  # the MLflow run of the checkpoint resumed from
 
 
-def train_model(key: str, params: Params, *, prepared: Path, checkpoint_dir: Path, model_file: Path | None = None,
+def train_model(job: TrainingJob, *, prepared: Path, checkpoint_dir: Path, model_file: Path | None = None,
                 device: str | None = None, progress: bool = True) -> TrainResult:
-    """Train the model `key` of `params` on the prepared data; returns the trained network (on the CPU, in eval
-    mode), its per-epoch history and summary. `model_file`: where rank 0 writes the trained model (the file
-    that is also logged to MLflow). `device` overrides `train.device`."""
-    session = set_up(key, params, prepared, checkpoint_dir, device)
+    """Train `job`'s model on the prepared data; returns the trained network (on the CPU, in eval mode), its
+    per-epoch history and summary. `checkpoint_dir`: the model's checkpoint root (each params set has its own
+    directory in it). `model_file`: where rank 0 writes the trained model (the file that is also logged to MLflow).
+    `device` overrides `train.device`."""
+    session = set_up(job, prepared, checkpoint_dir, device)
     first_epoch, skip_batches = resume(session)
-    tracker = start_tracking(session, params, prepared) if session.world.is_main else None
+    tracker = start_tracking(session, job, prepared) if session.world.is_main else None
     stop = _StopRequest()
     try:
         with stop:
@@ -100,15 +133,14 @@ def train_model(key: str, params: Params, *, prepared: Path, checkpoint_dir: Pat
         if tracker is not None:
             tracker.close("KILLED" if stop.signal_name else "FAILED")
         raise
-    return finish(session, tracker, params, model_file)
+    return finish(session, tracker, job, model_file)
 
 
 # --- the phases, in the order they run ------------------------------------------------------------------------
 
-def set_up(key: str, params: Params, prepared: Path, checkpoint_dir: Path, device: str | None) -> Session:
-    """Runtime, seeds, data, network, optimiser and schedule, before any checkpoint is looked at."""
-    model_params = params.model(key)
-    recipe = params.train_for(key)
+def set_up(job: TrainingJob, prepared: Path, checkpoint_root: Path, device: str | None) -> Session:
+    """Runtime, seeds, data, network, loss, optimiser and schedule, before any checkpoint is looked at."""
+    key, recipe = job.key, job.recipe
     if device is not None:
         recipe = dataclasses.replace(recipe, device=device)
     world, torch_device = distributed.init_from_env(recipe.device)
@@ -123,8 +155,9 @@ def set_up(key: str, params: Params, prepared: Path, checkpoint_dir: Path, devic
         raise PipelineError(f"models.{key}: batch size {recipe.batch_size} × {world.world_size} process(es) is "
                             f"larger than the {len(train_set)} training images: lower train.batch_size")
 
-    net = build(model_params.architecture, model_params.options, num_classes=train_set.labels.num_classes,
-                where=f"models.{key}.options")
+    num_classes = train_set.labels.num_classes
+    loss = make_loss(recipe, num_classes, f"models.{key}.train" if "loss" in job.model.train else "train")
+    net = build(job.model.architecture, job.options, num_classes=num_classes, where=f"models.{key}")
     if recipe.bn_momentum is not None:
         set_batchnorm_momentum(net, recipe.bn_momentum)
     if world.distributed and policy.on_gpu:
@@ -141,9 +174,13 @@ def set_up(key: str, params: Params, prepared: Path, checkpoint_dir: Path, devic
         model = torch.compile(model)
     sampler = DistributedSampler(train_set, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                  seed=recipe.seed, drop_last=True)
-    run_hash = checkpoint.params_hash(_hashed(recipe), dataclasses.asdict(model_params), data_fingerprint(prepared))
-    return Session(key, recipe, world, policy, train_set, val_set, iters_per_epoch, net, model, optimizer,
-                   scheduler, sampler, run_hash, checkpoint_dir)
+    run_hash = checkpoint.params_hash(_hashed(recipe), {"architecture": job.model.architecture,
+                                                        "options": dataclasses.asdict(job.options)},
+                                      data_fingerprint(prepared))
+    if world.is_main:
+        checkpoint.prune(checkpoint_root, run_hash)
+    return Session(key, recipe, world, policy, train_set, val_set, iters_per_epoch, net, model, loss, optimizer,
+                   scheduler, sampler, run_hash, checkpoint.run_directory(checkpoint_root, run_hash))
 
 
 def resume(session: Session) -> tuple[int, int]:
@@ -151,8 +188,6 @@ def resume(session: Session) -> tuple[int, int]:
     it); returns the first epoch to run and how many of its batches are already done."""
     world = session.world
     state = checkpoint.load_latest(session.checkpoint_dir, session.run_hash) if world.is_main else None
-    if world.is_main and state is None:
-        checkpoint.clear(session.checkpoint_dir)  # unreadable leftovers of an older run must not be resumed later
     state = distributed.broadcast_object(state, world)
     completed, skip_batches = 0, 0
     if state is not None:
@@ -168,22 +203,21 @@ def resume(session: Session) -> tuple[int, int]:
     return completed + 1, skip_batches
 
 
-def start_tracking(session: Session, params: Params, prepared: Path) -> Tracker:
+def start_tracking(session: Session, job: TrainingJob, prepared: Path) -> Tracker:
     """The MLflow run (the resumed one when a checkpoint names it), its params, provenance tags, and any epoch
     that a kill kept from being logged."""
-    model_params = params.model(session.key)
     provenance = provenance_tags(str(prepared))
-    tracker = Tracker(params.tracking.experiment, run_id=session.resumed_run_id,
-                      run_name=run_name(session.key, model_params.options.summary, provenance))
-    tracker.log_params({"model": session.key, "architecture": model_params.architecture,
+    tracker = Tracker(job.experiment, run_id=session.resumed_run_id,
+                      run_name=run_name(session.key, job.options.summary, provenance))
+    tracker.log_params({"model": session.key, "architecture": job.model.architecture,
                         **as_flat_dict(_hashed(session.recipe), "train."),
-                        **as_flat_dict(model_params.options, "options.")})
+                        **as_flat_dict(job.options, "options.")})
     tracker.set_tags({**provenance, "model": session.key, "device": str(session.runtime.device),
                       "world_size": session.world.world_size, "seed": session.recipe.seed,
                       "params_hash": session.run_hash})
     digest = provenance["data_dvc_md5"]  # DVC's hash of the prepared data; outside DVC, its index's
-    tracker.log_dataset(params.dataset.name, data_fingerprint(prepared) if digest == "unknown" else digest,
-                        params.data.origin)
+    tracker.log_dataset(job.dataset_name, data_fingerprint(prepared) if digest == "unknown" else digest,
+                        job.dataset_source)
     log_epochs(tracker, session.history)
     return tracker
 
@@ -208,7 +242,8 @@ def train_one_epoch(session: Session, epoch: int, skip_batches: int, stop: _Stop
         try:
             for samples in loader:
                 try:
-                    loss = train_step(session.model, samples, session.optimizer, recipe, session.runtime)
+                    loss = train_step(session.model, samples, session.optimizer, recipe, session.runtime,
+                                      session.loss)
                 except NonFiniteLoss as error:
                     raise PipelineError(
                         f"models.{session.key}: {error} at epoch {epoch}, step {done + 1}; the last good checkpoint "
@@ -262,19 +297,18 @@ def log_epochs(tracker: Tracker | None, history: list[dict]) -> None:
             tracker.log_metrics(metrics, step=row["epoch"])
 
 
-def finish(session: Session, tracker: Tracker | None, params: Params, model_file: Path | None) -> TrainResult:
+def finish(session: Session, tracker: Tracker | None, job: TrainingJob, model_file: Path | None) -> TrainResult:
     """The summary, and on rank 0 the model file and the final metrics in MLflow. (The served model is logged by the
     evaluate stage, which registers it; the training curves are drawn by the render stage.)"""
     summary = _summary(session)
     if session.world.is_main and model_file is not None:
-        model_params = params.model(session.key)
-        save_model(model_file, session.net, architecture=model_params.architecture, options=model_params.options,
+        save_model(model_file, session.net, architecture=job.model.architecture, options=job.options,
                    labels=session.train_set.labels)
     if tracker is not None:
         tracker.log_metrics({"final_val_miou": summary["final_val_miou"], "best_val_miou": summary["best_val_miou"]})
         tracker.close("FINISHED")
     return TrainResult(session.net.cpu().eval(), session.history, summary, tracker.run_id if tracker else None,
-                       params.tracking.experiment, session.world.is_main)
+                       job.experiment, session.checkpoint_dir, session.world.is_main)
 
 
 # --- helpers --------------------------------------------------------------------------------------------------

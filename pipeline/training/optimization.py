@@ -1,4 +1,5 @@
-"""What one training step is: the loss, the optimiser, the learning-rate schedule and the step itself.
+"""What one training step is: the optimiser, the learning-rate schedule and the step itself (the loss is
+`pipeline.training.losses`).
 
 `train_step` is the only implementation of a step: the training loop calls it, and so does `make bench`.
 """
@@ -8,12 +9,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from pipeline.core.labels import IGNORE_INDEX
-from pipeline.core.params import TrainParams
+from pipeline.core.params.train import TrainParams
 from pipeline.core.runtime import Runtime
 from pipeline.training.augment import train_batch
+from pipeline.training.losses import SegmentationLoss
 
 
 class NonFiniteLoss(Exception):
@@ -23,16 +23,6 @@ class NonFiniteLoss(Exception):
     def __init__(self, value: float) -> None:
         super().__init__(f"loss is {value}")
         self.value = value
-
-
-def segmentation_loss(outputs, labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """Cross-entropy over labelled pixels (255 = void is ignored), plus the weighted auxiliary head's loss."""
-    if isinstance(outputs, dict):
-        loss = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX)
-        if "aux" in outputs and aux_weight > 0:
-            loss = loss + aux_weight * F.cross_entropy(outputs["aux"].float(), labels, ignore_index=IGNORE_INDEX)
-        return loss
-    return F.cross_entropy(outputs.float(), labels, ignore_index=IGNORE_INDEX)
 
 
 def make_optimizer(model: torch.nn.Module, recipe: TrainParams) -> torch.optim.Optimizer:
@@ -72,15 +62,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainParams,
 
 
 def train_step(model: torch.nn.Module, samples: list, optimizer: torch.optim.Optimizer, recipe: TrainParams,
-               runtime: Runtime) -> torch.Tensor:
+               runtime: Runtime, loss_of: SegmentationLoss) -> torch.Tensor:
     """One optimiser step on a list of (uint8 image, label) samples: augment on the device, forward under the
-    runtime's autocast, loss, backward, update. Returns the detached loss; raises `NonFiniteLoss` (before any
-    update) when it is NaN or infinite."""
+    runtime's autocast, the recipe's loss (`pipeline.training.losses`), backward, update. Returns the detached
+    loss; raises `NonFiniteLoss` (before any update) when it is NaN or infinite."""
     images, labels = train_batch(samples, runtime.device, recipe.crop_size, recipe.scale_range, recipe.hflip,
                                  runtime.channels_last)
     with runtime.autocast():
         outputs = model(images)
-    loss = segmentation_loss(outputs, labels, recipe.aux_weight)
+    loss = loss_of(outputs, labels)
     if not torch.isfinite(loss):
         raise NonFiniteLoss(loss.item())
     optimizer.zero_grad(set_to_none=True)

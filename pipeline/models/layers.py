@@ -1,18 +1,6 @@
-"""DeepLabV3 (Chen et al. 2017, "Rethinking Atrous Convolution for Semantic Image Segmentation").
-
-resnet50, resnet101 and mobilenet_v3_large are torchvision's own builders, built with random weights; `build`
-then loads the backbone's ImageNet file through `weights.py`, the same file torchvision's `weights_backbone`
-would fetch, so that `imagenet` and a local file take one path and fail with one kind of message.
-
-resnet18 is the variant of the repository this project started from: ResNet-18 at output stride 8 under
-torchvision's DeepLabHead with ASPP rates 6/12/18.
-
-resnet18 also comes at output stride 16 (`output_stride: 16`), a quarter of the cost of layer3 and layer4 at 8:
-the demo's DeepLab, which learns from scratch on a CPU within minutes.
-
-Every head's atrous 3×3 convolutions are `AtrousConv2d`s: the same parameters, computing only the taps that can
-land on the feature map (see there).
-"""
+"""Layers and initialisation shared by several architectures: the atrous convolution that skips the taps outside
+the map, ResNet-18 dilated by hand, and the initialisations `pipeline.models.registry.build` and the training loop
+apply to any network. An edit here retrains every model; code of one architecture belongs in its own module."""
 
 from __future__ import annotations
 
@@ -20,38 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet, resnet18
-from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50, deeplabv3_resnet101
-from torchvision.models.segmentation.deeplabv3 import ASPPConv, DeepLabHead
-
-TORCHVISION = {
-    "resnet50": deeplabv3_resnet50,
-    "resnet101": deeplabv3_resnet101,
-    "mobilenet_v3_large": deeplabv3_mobilenet_v3_large,
-}
-
-
-class DeepLab(nn.Module):
-    """torchvision's DeepLabV3 modules (`backbone`, `classifier`, `aux_classifier`: the same state-dict keys)
-    with the project's forward: logits as a Tensor, and {"out", "aux"} only in training with an auxiliary
-    head. Unlike torchvision's forward it skips the auxiliary head in eval mode, where nothing uses it."""
-
-    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None,
-                 backbone_name: str) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.classifier = classifier
-        self.aux_classifier = aux_classifier
-        self.backbone_name = backbone_name
-
-    def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
-        size = x.shape[-2:]
-        features = self.backbone(x)
-        out = F.interpolate(self.classifier(features["out"]), size=size, mode="bilinear", align_corners=False)
-        if not (self.training and self.aux_classifier is not None):
-            return out
-        aux = F.interpolate(self.aux_classifier(features["aux"]), size=size, mode="bilinear", align_corners=False)
-        return {"out": out, "aux": aux}
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.segmentation.deeplabv3 import ASPPConv
 
 
 class AtrousConv2d(nn.Conv2d):
@@ -118,10 +76,27 @@ def dilated_resnet18(output_stride: int) -> ResNet:
     return net
 
 
-def deeplabv3(backbone: str, num_classes: int, aux_loss: bool, output_stride: int | None = None) -> DeepLab:
-    if backbone == "resnet18":
-        features = IntermediateLayerGetter(dilated_resnet18(output_stride), return_layers={"layer4": "out"})
-        head = DeepLabHead(512, num_classes, atrous_rates=(6, 12, 18))
-        return DeepLab(features, with_atrous_shortcut(head), None, backbone)
-    net = TORCHVISION[backbone](weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss)
-    return DeepLab(net.backbone, with_atrous_shortcut(net.classifier), net.aux_classifier, backbone)
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the scale of the last BatchNorm in every ResNet block of `model`, so that each block starts as its
+    shortcut (the identity where it keeps the shape): torchvision's `zero_init_residual` (Goyal et al. 2017, §5.1),
+    applied to every network the registry builds, torchvision's DeepLab builders included, which do not pass it on.
+    Pretrained weights replace it; from scratch it is what lets a ResNet learn within the demo's minutes. Returns
+    how many blocks it set."""
+    blocks = 0
+    for module in model.modules():
+        norm = module.bn3 if isinstance(module, Bottleneck) else module.bn2 if isinstance(module, BasicBlock) else None
+        if norm is not None and norm.weight is not None:
+            nn.init.zeros_(norm.weight)
+            blocks += 1
+    return blocks
+
+
+def set_batchnorm_momentum(model: nn.Module, momentum: float) -> int:
+    """Set the running-statistics momentum of every BatchNorm layer; returns how many were changed.
+
+    torchvision's MobileNetV3 uses 0.01 (from its long ImageNet recipe), so on short runs the running
+    statistics that eval mode uses lag far behind the weights; PyTorch's default is 0.1."""
+    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.momentum = momentum
+    return len(layers)

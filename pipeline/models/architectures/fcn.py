@@ -12,11 +12,17 @@ parameters, computed as one matrix product while training on the CPU (see there)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18, resnet34
 from torchvision.models._utils import IntermediateLayerGetter
+
+from pipeline.models import weights
+from pipeline.models.registry import register_model
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> Tensor:
@@ -77,8 +83,6 @@ def bilinear_upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
 class FCN32s(nn.Module):
     """ResNet-18 without avgpool and fc, a 1×1 class scorer, one ×32 transposed convolution."""
 
-    backbone_name = "resnet18"
-
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.backbone = IntermediateLayerGetter(resnet18(), return_layers={"layer4": "out"})
@@ -93,8 +97,6 @@ class FCN32s(nn.Module):
 class FCN8s(nn.Module):
     """ResNet-34 scored at 1/32, 1/16 (layer3) and 1/8 (layer2); each coarser score map is upsampled ×2 and
     added to the next finer one, and the 1/8 sum is upsampled ×8 (the FCN-8s fusion of Long et al., Fig. 3)."""
-
-    backbone_name = "resnet34"
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -121,3 +123,34 @@ class FCN8s(nn.Module):
 
 def _crop_like(x: Tensor, reference: Tensor) -> Tensor:
     return x[..., : reference.shape[-2], : reference.shape[-1]]
+
+
+@dataclass(frozen=True)
+class FCNOptions:
+    """`models.<name>.options` of an FCN: fcn32s (d2l's ResNet-18) or fcn8s (ResNet-34 with the paper's skips)."""
+
+    variant: Literal["fcn32s", "fcn8s"] = "fcn32s"
+    pretrained: str = field(default="none", metadata={"doc": "imagenet, none or the path of a weights file"})
+    weights_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        weights.check_source(self.pretrained, self.weights_sha256)
+
+    @property
+    def summary(self) -> str:
+        """What tells this network apart from other FCNs, for run names: `fcn32s`."""
+        return self.variant
+
+
+VARIANTS = {"fcn32s": (FCN32s, "resnet18"), "fcn8s": (FCN8s, "resnet34")}  # the network and its backbone
+
+
+def load_backbone_weights(model: nn.Module, options: FCNOptions, where: str) -> None:
+    backbone = VARIANTS[options.variant][1]
+    weights.load_backbone(model.backbone, backbone, options.pretrained, options.weights_sha256, where)
+
+
+@register_model("fcn", FCNOptions, load_weights=load_backbone_weights,
+                variants={"fcn32s": {"variant": "fcn32s"}, "fcn8s": {"variant": "fcn8s"}})
+def fcn(options: FCNOptions, num_classes: int) -> nn.Module:
+    return VARIANTS[options.variant][0](num_classes)

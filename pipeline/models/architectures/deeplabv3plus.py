@@ -16,6 +16,9 @@ VOC recipe has it. State-dict keys of the backbone are torchvision's, so ImageNe
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,7 +27,9 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.fcn import FCNHead
 
-from pipeline.models.deeplab import dilated_resnet18, with_atrous_shortcut
+from pipeline.models import weights
+from pipeline.models.layers import dilated_resnet18, with_atrous_shortcut
+from pipeline.models.registry import register_model
 
 ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 # Which of layer2, layer3, layer4 dilate instead of striding, per output stride (torchvision's argument).
@@ -59,14 +64,13 @@ class DeepLabV3Plus(nn.Module):
     """The project's forward contract: logits at the input's size as a Tensor, and {"out", "aux"} only in
     training with an auxiliary head."""
 
-    def __init__(self, backbone: nn.Module, aspp: nn.Module, decoder: Decoder, aux_classifier: nn.Module | None,
-                 backbone_name: str) -> None:
+    def __init__(self, backbone: nn.Module, aspp: nn.Module, decoder: Decoder, aux_classifier: nn.Module | None
+                 ) -> None:
         super().__init__()
         self.backbone = backbone
         self.aspp = aspp
         self.decoder = decoder
         self.aux_classifier = aux_classifier
-        self.backbone_name = backbone_name
 
     def forward(self, x: Tensor) -> Tensor | dict[str, Tensor]:
         size = x.shape[-2:]
@@ -93,4 +97,40 @@ def deeplabv3plus(backbone: str, num_classes: int, aux_loss: bool, output_stride
     features = IntermediateLayerGetter(net, return_layers=layers)
     aspp = with_atrous_shortcut(ASPP(high_channels, ASPP_RATES[output_stride], DECODER_CHANNELS))
     aux = FCNHead(aux_channels, num_classes) if aux_loss else None
-    return DeepLabV3Plus(features, aspp, Decoder(low_channels, num_classes), aux, backbone)
+    return DeepLabV3Plus(features, aspp, Decoder(low_channels, num_classes), aux)
+
+
+@dataclass(frozen=True)
+class DeepLabV3PlusOptions:
+    """`models.<name>.options` of a DeepLabV3+: a dilated ResNet, ASPP and the stride-4 decoder. `aux_loss` (an
+    FCN head on layer3, weight 0.4) defaults to on for resnet50 and resnet101, as in mmsegmentation's recipe."""
+
+    backbone: Literal["resnet50", "resnet101", "resnet18"] = "resnet50"
+    output_stride: Literal[8, 16] = 16
+    aux_loss: bool | None = None
+    pretrained: str = field(default="none", metadata={"doc": "imagenet, none or the path of a weights file"})
+    weights_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.aux_loss is None:
+            object.__setattr__(self, "aux_loss", self.backbone != "resnet18")
+        weights.check_source(self.pretrained, self.weights_sha256)
+
+    @property
+    def summary(self) -> str:
+        """For run names: `resnet50-os16`."""
+        return f"{self.backbone}-os{self.output_stride}"
+
+
+def load_backbone_weights(model: DeepLabV3Plus, options: DeepLabV3PlusOptions, where: str) -> None:
+    weights.load_backbone(model.backbone, options.backbone, options.pretrained, options.weights_sha256, where)
+
+
+@register_model("deeplabv3plus", DeepLabV3PlusOptions, load_weights=load_backbone_weights, variants={
+    "resnet18, output stride 16": {"backbone": "resnet18"},
+    "resnet50 + aux, output stride 16": {"backbone": "resnet50"},
+    "resnet50 + aux, output stride 8": {"backbone": "resnet50", "output_stride": 8},
+    "resnet101 + aux, output stride 16": {"backbone": "resnet101"},
+})
+def build_deeplabv3plus(options: DeepLabV3PlusOptions, num_classes: int) -> DeepLabV3Plus:
+    return deeplabv3plus(options.backbone, num_classes, options.aux_loss, options.output_stride)

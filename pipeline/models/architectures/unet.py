@@ -7,9 +7,16 @@ cropped skip maps), and each convolution is followed by BatchNorm, which the pap
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.params.schema import limits
+from pipeline.models.registry import register_model
 
 # Four 2×2 max-pools: every size down the path must halve exactly for the skip maps to line up.
 STRIDE = 16
@@ -110,3 +117,31 @@ class UNet(nn.Module):
         x = self.up3(x, x2)
         x = self.up4(x, x1)
         return self.outc(x)[..., :height, :width]
+
+
+@dataclass(frozen=True)
+class UNetOptions:
+    """`models.<name>.options` of a U-Net: base width (64 in the paper) and how the decoder upsamples."""
+
+    width: int = field(default=64, metadata=limits(1))
+    upsampling: Literal["bilinear", "transpose"] = "bilinear"
+    pretrained: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.pretrained != "none":
+            raise PipelineError(f"pretrained: must be none (U-Net has no pretrained backbone; it is trained from "
+                                f"scratch), got {self.pretrained!r}")
+
+    @property
+    def summary(self) -> str:
+        """For run names: `width64-bilinear`."""
+        return f"width{self.width}-{self.upsampling}"
+
+
+@register_model("unet", UNetOptions, variants={
+    "bilinear, width 8": {"width": 8},
+    "bilinear, width 64": {"width": 64, "upsampling": "bilinear"},
+    "transpose, width 64": {"width": 64, "upsampling": "transpose"},
+})
+def unet(options: UNetOptions, num_classes: int) -> UNet:
+    return UNet(num_classes, width=options.width, bilinear=options.upsampling == "bilinear")
