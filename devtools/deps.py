@@ -2,26 +2,43 @@
 params.yaml's models. Nobody writes either by hand; tests/test_dvc_contract.py fails when dvc.yaml is not what
 this writes.
 
-A stage depends on exactly the project modules its command imports, lazy imports included. The stages that build
-a network by its architecture (train, export, evaluate) import the registry, which imports the architecture's
-module on demand: they depend on `pipeline/models/architectures/${item.architecture}.py` (DVC fills in each
-model's own), plus the modules any architecture imports beside the registry's (shared layers, backbone weights),
-so an edit of one network's file makes only its models' stages stale.
+A stage depends on exactly the project modules its command imports, lazy imports included. Two registries import
+their components by name, on demand: the stages that build a network (train, export, evaluate) import the model
+registry, which imports the model's architecture; extract and prepare import the dataset layouts' registry, which
+imports the dataset's layout. Such a stage depends on the one component DVC names for it
+(`pipeline/models/architectures/${item.architecture}.py`, `pipeline/ingest/layouts/${dataset.layout}.py`) plus the
+modules any component of that registry imports beside the stage's own (shared layers, backbone weights, archive
+readers), so an edit of one network's (or layout's) file makes only its own stages stale.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "stages")
-REGISTRY = "pipeline/models/registry.py"
-ARCHITECTURES = "pipeline/models/architectures"
-PER_MODEL = f"{ARCHITECTURES}/${{item.architecture}}.py"  # what DVC interpolates per model in a foreach stage
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Components imported by name from `package` when `registry` (a module) is imported; `per_stage` is the dep
+    DVC fills in with a stage's own component."""
+
+    registry: str
+    package: str
+    per_stage: str
+
+
+MODELS = Registry("pipeline/models/registry.py", "pipeline/models/architectures",
+                  "pipeline/models/architectures/${item.architecture}.py")  # per model, in a foreach stage
+LAYOUTS = Registry("pipeline/ingest/layouts/__init__.py", "pipeline/ingest/layouts",
+                   "pipeline/ingest/layouts/${dataset.layout}.py")  # params.yaml's dataset.layout
+REGISTRIES = (MODELS, LAYOUTS)
 
 
 def module_file(name: str, repo: Path = REPO) -> Path | None:
@@ -64,23 +81,36 @@ def code_closure(module: str, repo: Path = REPO) -> set[str]:
     return {module_file(name, repo).relative_to(repo).as_posix() for name in seen}
 
 
-def architecture_files(repo: Path = REPO) -> dict[str, str]:
-    """Architecture name → its module's path."""
+def component_files(registry: Registry, repo: Path = REPO) -> dict[str, str]:
+    """Component name → its module's path."""
     return {path.stem: path.relative_to(repo).as_posix()
-            for path in sorted((repo / ARCHITECTURES).glob("*.py")) if path.name != "__init__.py"}
+            for path in sorted((repo / registry.package).glob("*.py")) if path.name != "__init__.py"}
+
+
+def component_closure(registry: Registry, name: str, repo: Path = REPO) -> set[str]:
+    return code_closure(f"{registry.package.replace('/', '.')}.{name}", repo)
+
+
+def architecture_files(repo: Path = REPO) -> dict[str, str]:
+    return component_files(MODELS, repo)
 
 
 def architecture_closure(name: str, repo: Path = REPO) -> set[str]:
-    return code_closure(f"pipeline.models.architectures.{name}", repo)
+    return component_closure(MODELS, name, repo)
+
+
+def shared_by(registry: Registry, repo: Path = REPO) -> set[str]:
+    """What the registry's components import beside themselves."""
+    files = component_files(registry, repo)
+    return set().union(*(component_closure(registry, name, repo) for name in files)) - set(files.values())
 
 
 def stage_code(module: str, repo: Path = REPO) -> list[str]:
     """The code deps of a stage running `python -m <module>`, as dvc.yaml lists them."""
     deps = code_closure(module, repo)
-    if REGISTRY in deps:
-        files = architecture_files(repo)
-        shared = set().union(*(architecture_closure(name, repo) for name in files)) - set(files.values())
-        deps |= shared | {PER_MODEL}
+    for registry in REGISTRIES:
+        if registry.registry in deps:
+            deps |= shared_by(registry, repo) | {registry.per_stage}
     return sorted(deps)
 
 

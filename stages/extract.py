@@ -16,7 +16,7 @@ from pipeline.core.atomic import atomic_dir
 from pipeline.core.cli import run_stage
 from pipeline.core.params.data import data_sections
 from pipeline.core.params.schema import ParamsFile
-from pipeline.ingest.archive import extract_source
+from pipeline.ingest.layouts import dataset_layout, extract_source
 
 log = logging.getLogger("stages.extract")
 
@@ -31,7 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = data_sections(ParamsFile.read(args.params))
+    params_file = ParamsFile.read(args.params)
+    params = data_sections(params_file)
+    with params_file.naming_errors():
+        dataset_layout(params.dataset)  # the layout's own keys, checked before any work
     if params.data.from_directory:
         log.info("data.path is %s: the dataset is read from there, nothing to extract", params.data.path)
         with atomic_dir(args.out):

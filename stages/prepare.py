@@ -16,6 +16,7 @@ from pipeline.core.atomic import write_json
 from pipeline.core.cli import run_stage
 from pipeline.core.params.data import data_sections
 from pipeline.core.params.schema import ParamsFile
+from pipeline.ingest.layouts import dataset_layout
 from pipeline.ingest.prepare import prepare
 
 log = logging.getLogger("stages.prepare")
@@ -34,7 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    params = data_sections(ParamsFile.read(args.params))
+    params_file = ParamsFile.read(args.params)
+    params = data_sections(params_file)
+    with params_file.naming_errors():
+        dataset_layout(params.dataset)  # the layout's own keys, checked before any work
     stats = prepare(args.source or Path(params.data.path), args.out, dataset=params.dataset,
                     workers=params.prepare.workers, train_set=params.prepare.train_set, sbd_root=args.sbd,
                     seed=params.prepare.seed)

@@ -17,7 +17,8 @@ from PIL import Image
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import VOC_LABELS, flat_palette
 from pipeline.core.params.data import DatasetParams
-from pipeline.ingest.archive import extract_folders, extract_segmentation, extract_source
+from pipeline.ingest.archive import extract_folders, extract_segmentation
+from pipeline.ingest.layouts import extract_source
 
 ROOT = "VOCdevkit/VOC2012"
 TRAIN, VAL = ["2007_000032", "2007_000039"], ["2007_000033"]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from devtools import deps
-from devtools.deps import architecture_closure, code_closure
+from devtools.deps import LAYOUTS, MODELS, code_closure, component_closure, component_files, shared_by
 from pipeline.core import layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,8 @@ def rendered_stages() -> dict[str, dict]:
     stages = {}
     for name, stage in definition["stages"].items():
         if "foreach" not in stage:
-            stages[name] = yaml.safe_load(yaml.safe_dump(stage).replace("${data.path}", PARAMS["data"]["path"]))
+            text = yaml.safe_dump(stage).replace("${data.path}", PARAMS["data"]["path"])
+            stages[name] = yaml.safe_load(text.replace("${dataset.layout}", PARAMS["dataset"]["layout"]))
             continue
         for key, entry in PARAMS["models"].items():
             text = yaml.safe_dump(stage["do"]).replace("${key}", key)
@@ -56,24 +57,28 @@ def test_dvc_yaml_is_what_make_deps_writes():
 
 
 def runs(name: str) -> set[str]:
-    """Every project file stage `name` runs: its command's imports, and its model's architecture if it builds one."""
+    """Every project file stage `name` runs: its command's imports, its model's architecture if it builds one, and
+    the dataset's layout if it reads one."""
     module = shlex.split(STAGES[name]["cmd"])[2]  # python -m <module> ...
     closure = code_closure(module)
-    if deps.REGISTRY in closure:
-        closure |= architecture_closure(PARAMS["models"][name.split("@")[1]]["architecture"])
+    if MODELS.registry in closure:
+        closure |= component_closure(MODELS, PARAMS["models"][name.split("@")[1]]["architecture"])
+    if LAYOUTS.registry in closure:
+        closure |= component_closure(LAYOUTS, PARAMS["dataset"]["layout"])
     return closure
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_code_deps_hold_what_the_stage_runs_and_other_architectures_never(name):
+def test_code_deps_hold_what_the_stage_runs_and_other_components_never(name):
     listed = {dep for dep in declared(STAGES[name]["deps"]) if is_code(dep)}
     needed = runs(name)
     assert not needed - listed, f"{name}: dvc.yaml misses deps {sorted(needed - listed)}"
     extra = listed - needed
-    # Beyond what it runs, a model's stage may list only modules that another architecture shares with the
-    # registry's users (never another architecture's own file): shared code retrains all.
-    assert not extra & set(deps.architecture_files().values()), f"{name}: depends on {sorted(extra)}"
-    shared = set().union(*(architecture_closure(arch) for arch in deps.architecture_files()))
+    # Beyond what it runs, a stage may list only modules that other components of its registries share (never
+    # another architecture's or layout's own file): shared code reruns all.
+    others = set(component_files(MODELS).values()) | set(component_files(LAYOUTS).values())
+    assert not extra & others, f"{name}: depends on {sorted(extra & others)}"
+    shared = shared_by(MODELS) | shared_by(LAYOUTS)
     assert extra <= shared, f"{name}: dvc.yaml lists deps the stage never imports {sorted(extra - shared)}"
 
 

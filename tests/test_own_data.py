@@ -26,6 +26,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.labels import IGNORE_INDEX, LabelSet, label_png
 from pipeline.core.params.data import DatasetParams
 from pipeline.core.params.whole import parse
+from pipeline.ingest.layouts import dataset_layout
 from pipeline.ingest.prepare import prepare
 from pipeline.prepared.dataset import PreparedSplit, read_label_set
 
@@ -81,12 +82,27 @@ def params_with(**dataset_changes) -> dict:
     ({"val_fraction": 0.2}, r"dataset\.splits, val_fraction: the folders layout needs exactly one"),
     ({"splits": {"train": "a.txt", "test": "b.txt"}}, r"dataset\.splits: must name the files of train and val"),
     ({"layout": "voc"}, r"dataset\.splits, val_fraction: the voc layout reads its splits"),
+    ({"layout": "cityscapes"}, r"dataset\.layout: unknown layout 'cityscapes'; must be one of folders, voc"),
     ({"name": "my data"}, r"dataset\.name: must be letters, digits"),
 ])
 def test_a_bad_dataset_section_is_one_line_naming_the_key(changes, message):
-    with pytest.raises(PipelineError, match=message) as error:
-        parse(params_with(**changes))
+    with pytest.raises(PipelineError, match=message) as error:  # the layout checks its own keys
+        dataset_layout(parse(params_with(**changes)).dataset)
     assert "\n" not in str(error.value)
+
+
+def test_every_layout_module_registers_itself_and_imports_no_other():
+    """A layout is one module of pipeline/ingest/layouts/: the extract and prepare stages depend on the dataset's
+    own (dvc.yaml's `${dataset.layout}`), so one layout's edit never re-extracts or re-prepares another's data."""
+    from devtools.deps import LAYOUTS, component_closure, component_files
+    from pipeline.ingest.layouts import names
+
+    files = component_files(LAYOUTS)
+    assert names() == sorted(files) == ["folders", "voc"]
+    for name in names():
+        assert dataset_layout(DatasetParams(layout=name, **({"val_fraction": 0.5} if name == "folders" else {}))
+                              ).name == name
+        assert not component_closure(LAYOUTS, name) & (set(files.values()) - {files[name]})
 
 
 @pytest.mark.parametrize("path, inside", [("data/prepared/plates", "data/prepared"),
@@ -178,7 +194,7 @@ def plates_as_voc(plates: Path, root: Path) -> Path:
 
 
 def test_the_voc_layout_with_its_own_classes_from_a_tar_prepares_as_the_folders_do(prepared, plates, tmp_path):
-    from pipeline.ingest.archive import extract_source
+    from pipeline.ingest.layouts import extract_source
 
     tree = plates_as_voc(plates, tmp_path / "tree")
     with tarfile.open(tmp_path / "plates-voc.tar", "w") as tar:

@@ -172,12 +172,11 @@ def test_an_unknown_architecture_or_loss_lists_what_there_is():
     with pytest.raises(PipelineError, match=r"^params.yaml: models.fcn.architecture: unknown architecture 'segformer'; "
                                             r"must be one of deeplab, deeplabv3plus, fcn, unet$"):
         job(with_change("models.fcn.architecture", "segformer"), "fcn")
-    from pipeline.training.losses import make_loss
-
-    recipe = job(with_change("train.loss", [{"name": "dice", "weight": 1.0}]), "fcn").recipe
-    with pytest.raises(PipelineError, match=r"^train.loss\[0\].name: unknown loss 'dice'; must be one of "
-                                            r"cross_entropy"):
-        make_loss(recipe, 21)
+    with pytest.raises(PipelineError, match=r"^params.yaml: train.loss\[0\].name: unknown loss 'dice'; must be one "
+                                            r"of cross_entropy"):
+        job(with_change("train.loss", [{"name": "dice", "weight": 1.0}]), "fcn")
+    with pytest.raises(PipelineError, match=r"^params.yaml: models.fcn.train.loss\[0\].gamma: unknown key"):
+        job(with_change("models.fcn.train", {"loss": [{"name": "cross_entropy", "gamma": 2}]}), "fcn")
 
 
 def test_model_options_are_typed_with_their_defaults():

@@ -1,5 +1,6 @@
 """Safe extraction of the dataset's archive and of SBD's tgz: selective for VOC's tar and SBD's tgz (only what
-semantic segmentation needs), whole for a folders dataset's tar, tar.gz or zip.
+semantic segmentation needs), whole for a folders dataset's tar, tar.gz or zip. Which one a dataset takes is its
+layout's choice (`pipeline.ingest.layouts`).
 
 Of VOC's 2 GB archive that is `ImageSets/Segmentation`, `SegmentationClass` and the JPEGs of the 2,913 ids the
 segmentation splits list (of 17,125). Every member is checked before it is written (VOC's before any is), and the
@@ -19,7 +20,6 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.core.atomic import atomic_dir
 from pipeline.core.errors import PipelineError
-from pipeline.core.params.data import DatasetParams
 from pipeline.core.progress import Progress
 from pipeline.ingest import sbd, voc
 from pipeline.ingest.sbd import SBD_ROOT
@@ -39,20 +39,8 @@ MAX_FOLDERS_MEMBER_BYTES = 1024 * 2**20
 FOLDERS_LARGEST = "an image or mask needs"
 
 
-def extract_source(archive: str | os.PathLike, out_dir: str | os.PathLike, dataset: DatasetParams, *,
-                   progress: bool = True) -> dict:
-    """Unpack the dataset's archive as `out_dir`, the tree prepare reads: VOC's layout selectively from an
-    uncompressed tar (as `extract_segmentation`), the folders layout whole from a tar, tar.gz or zip."""
-    if dataset.layout == "voc":
-        kind = _compressed_kind(Path(archive))
-        if kind is not None:
-            raise PipelineError(f"{archive}: a {kind} archive; the voc layout is read from an uncompressed tar like "
-                                "VOC's own: repack it as a .tar, or unpack it and set data.path to its directory")
-        return extract_segmentation(archive, out_dir, progress=progress)
-    return extract_folders(archive, out_dir, images=dataset.images, masks=dataset.masks, progress=progress)
-
-
-def _compressed_kind(path: Path) -> str | None:
+def compressed_kind(path: Path) -> str | None:
+    """zip, gzip, bzip2 or xz when `path` is such an archive (by its first bytes), else None."""
     try:
         with open(path, "rb") as file:
             head = file.read(4)

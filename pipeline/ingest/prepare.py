@@ -1,6 +1,6 @@
-"""Stage `prepare`'s work: the dataset's source tree (VOC's extracted archive, and SBD for trainaug; or a dataset in
-the folders layout) → packed, memory-mappable arrays per split, in the layout of `pipeline.prepared.format`, with
-its label set and statistics. Every pair is checked before the directory appears.
+"""Stage `prepare`'s work: the dataset's source tree, read by its layout (`pipeline.ingest.layouts`: VOC's extracted
+archive, and SBD for trainaug; or a folders dataset) → packed, memory-mappable arrays per split, in the format of
+`pipeline.prepared.format`, with its label set and statistics. Every pair is checked before the directory appears.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,7 +22,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.labels import IGNORE_INDEX, LabelSet
 from pipeline.core.params.data import DatasetParams
 from pipeline.core.progress import Progress
-from pipeline.ingest import folders, sbd, splits, voc
+from pipeline.ingest import sbd
+from pipeline.ingest.layouts import Pair, Sources, dataset_layout
 from pipeline.ingest.masks import MaskReader
 from pipeline.prepared.format import IMAGES, INDEX, LABEL_SET, LABELS, SPLITS
 
@@ -33,16 +33,6 @@ CHUNK = 16  # samples per task sent to a worker process: few enough round trips,
 
 # (image path, label path, offset into labels.npy, height, width); the image offset is 3 × the label offset.
 Sample = tuple[str, str, int, int, int]
-
-
-def voc_dir(voc_root: str | os.PathLike) -> Path:
-    """The `VOC2012` directory, given it, the `VOCdevkit` holding it, or the directory holding `VOCdevkit`."""
-    root = Path(voc_root)
-    for candidate in (root / voc.ARCHIVE_ROOT, root / Path(voc.ARCHIVE_ROOT).name, root):
-        if (candidate / voc.SPLIT_DIR).is_dir():
-            return candidate
-    raise PipelineError(f"{root}: no {voc.ARCHIVE_ROOT}/{voc.SPLIT_DIR} in it; "
-                        f"extract the VOC archive there first (run the extract stage)")
 
 
 @dataclass(frozen=True)
@@ -59,28 +49,20 @@ def prepare(source_root: str | os.PathLike, out_dir: str | os.PathLike, *, datas
     """Decode and check every image/mask pair of the train and val splits and pack them into `out_dir`, with the
     dataset's label set (`labels.json`).
 
-    `dataset` (default: PASCAL VOC) says the layout and classes. In the voc layout `source_root` is the directory
-    holding `VOCdevkit/VOC2012`, or `VOCdevkit/VOC2012` itself, and `train_set` is `train` (VOC's 1,464) or
-    `trainaug` (with SBD, extracted at `sbd_root`; see `pipeline.ingest.sbd`); in the folders layout it holds
-    `dataset.images` and `dataset.masks`, split by `dataset.splits` or by `dataset.val_fraction` and `seed`.
+    `dataset` (default: PASCAL VOC) says the layout and classes; the layout reads `source_root` (see
+    `pipeline.ingest.layouts`). In the voc layout it is the directory holding `VOCdevkit/VOC2012`, or
+    `VOCdevkit/VOC2012` itself, and `train_set` is `train` (VOC's 1,464) or `trainaug` (with SBD, extracted at
+    `sbd_root`; see `pipeline.ingest.sbd`); in the folders layout it holds `dataset.images` and `dataset.masks`,
+    split by `dataset.splits` or by `dataset.val_fraction` and `seed`.
     `workers` decoding processes (0 = one per core, 1 = none: decode in this process). `out_dir` is replaced as a
     whole, and only once every pair has been checked. Returns the per-split statistics written to
     `metrics/data.json`.
     """
     dataset = dataset or DatasetParams()
     labels = LabelSet.of(dataset.name, dataset.classes, dataset.colors)
-    if dataset.layout == "voc":
-        source = voc_dir(source_root)
-        split_ids = _read_splits(source)
-        pairs = {"train": train_pairs(source, split_ids, train_set, sbd_root),
-                 "val": [_voc_pair(source, image_id) for image_id in split_ids["val"]]}
-        fix, origins = "re-extract the archive", ("voc", "sbd")
-    else:
-        if train_set != "train":
-            raise PipelineError(f"prepare.train_set: {train_set} is VOC's alone; set prepare.train_set: train")
-        pairs = {split: [Pair(image_id, dataset.name, image, mask) for image_id, image, mask in split_pairs]
-                 for split, split_pairs in folders.split_pairs(Path(source_root), dataset, seed).items()}
-        fix, origins = "fix or remove the file", (dataset.name,)
+    reader = dataset_layout(dataset)
+    pairs = reader.pairs(dataset, Sources(Path(source_root), train_set, Path(sbd_root) if sbd_root else None, seed))
+    fix, origins = reader.fix, reader.origins(dataset, train_set)
     ignore_color = dataset.ignore_color
     if ignore_color is None and dataset.colors is None:  # VOC's palette: void is drawn in its colour of 255
         ignore_color = labels.palette()[IGNORE_INDEX].tolist()
@@ -113,39 +95,6 @@ def prepare(source_root: str | os.PathLike, out_dir: str | os.PathLike, *, datas
         stats["val"].update(val_fraction=dataset.val_fraction, seed=seed,
                             ids=[pair.image_id for pair in pairs["val"]])
     return stats
-
-
-class Pair(NamedTuple):
-    """One sample to prepare: its id, where it comes from ("voc" or "sbd"), and its image and label files."""
-
-    image_id: str
-    origin: str
-    image: Path
-    label: Path
-
-
-def train_pairs(source: Path, split_ids: dict[str, list[str]], train_set: str,
-                sbd_root: str | os.PathLike | None) -> list[Pair]:
-    """The training samples, in id order for trainaug (VOC train's own order for train). trainaug = (VOC train ∪
-    SBD train ∪ SBD val) − VOC val, VOC's PNG wherever VOC has one."""
-    voc_train = split_ids["train"]
-    if train_set == "train":
-        return [_voc_pair(source, image_id) for image_id in voc_train]
-    if train_set != "trainaug":
-        raise PipelineError(f"prepare.train_set: must be trainaug or train, got {train_set!r}")
-    if sbd_root is None:
-        raise PipelineError("prepare.train_set is trainaug but no SBD directory was given; run the sbd stage "
-                            "(dvc repro sbd) or set prepare.train_set: train")
-    sbd_ids = {image_id for name in sbd.LISTS for image_id in sbd.read_list(sbd_root, name)}
-    in_voc = set(voc_train)
-    return [_voc_pair(source, image_id) if image_id in in_voc
-            else Pair(image_id, "sbd", sbd.image_path(sbd_root, image_id), sbd.label_path(sbd_root, image_id))
-            for image_id in sorted((in_voc | sbd_ids) - set(split_ids["val"]))]
-
-
-def _voc_pair(source: Path, image_id: str) -> Pair:
-    return Pair(image_id, "voc", source / voc.IMAGE_DIR / f"{image_id}{voc.IMAGE_SUFFIX}",
-                source / voc.LABEL_DIR / f"{image_id}{voc.LABEL_SUFFIX}")
 
 
 def _scan_split(pairs: list[Pair], reading: Reading) -> list[Sample]:
@@ -217,15 +166,6 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
         "width": {"min": min(widths), "max": max(widths)},
         "sha256": _sha256(out / INDEX, images_npy, labels_npy),
     }
-
-
-def _read_splits(source: Path) -> dict[str, list[str]]:
-    """The ids of each split file, refusing an id listed twice in one split or in more than one split."""
-    files = {split: source / voc.SPLIT_DIR / f"{split}.txt" for split in voc.SPLITS}
-    split_ids = {split: splits.read_ids(files[split], "the extracted archive is incomplete or damaged, run the "
-                                        "extract stage again") for split in voc.SPLITS}
-    splits.check_splits(split_ids, files, "restore the official split files")
-    return split_ids
 
 
 def _check_headers(image_path: Path, label_path: Path, reading: Reading) -> tuple[int, int]:

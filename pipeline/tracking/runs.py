@@ -98,7 +98,7 @@ def is_outage(error: BaseException, remote: bool) -> bool:
     """True for a failure of the tracking store itself, not of what was asked of it: a connection refused, reset or
     timed out (at any depth of the exception's chain: MLflow wraps requests' errors in its own), an HTTP 5xx from a
     `remote` (http, https) store, or a SQLite store locked by another process for longer than its time-out."""
-    import requests
+    import requests  # MLflow's HTTP client, present wherever MLflow is
     import urllib3
 
     seen = set()

@@ -39,7 +39,7 @@ from pipeline.prepared.dataset import PreparedSplit
 from pipeline.tracking.runs import Tracker, provenance_tags, run_name
 from pipeline.training import checkpoint, distributed
 from pipeline.training.augment import collate_samples
-from pipeline.training.losses import SegmentationLoss, make_loss
+from pipeline.training.losses import SegmentationLoss, make_loss, typed_terms
 from pipeline.training.optimization import NonFiniteLoss, make_optimizer, make_scheduler, train_step
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,12 @@ class TrainingJob:
     def from_params(cls, params: ParamsFile, name: str) -> TrainingJob:
         """Model `name` of `params`; every mistake in the sections it reads is one line, before any work."""
         key, model = model_params(params, name)
+        recipe = train_params(params, key)
         with params.naming_errors():
             options = typed_options(model.architecture, model.options, f"models.{key}")
-        return cls(key, model, options, train_params(params, key), tracking_params(params).experiment,
-                   params.dataset_name(), dataset_source(params))
+            typed_terms(recipe, loss_key(key, model))
+        return cls(key, model, options, recipe, tracking_params(params).experiment, params.dataset_name(),
+                   dataset_source(params))
 
 
 @dataclass
@@ -156,7 +158,7 @@ def set_up(job: TrainingJob, prepared: Path, checkpoint_root: Path, device: str 
                             f"larger than the {len(train_set)} training images: lower train.batch_size")
 
     num_classes = train_set.labels.num_classes
-    loss = make_loss(recipe, num_classes, f"models.{key}.train" if "loss" in job.model.train else "train")
+    loss = make_loss(recipe, num_classes, loss_key(key, job.model))
     net = build(job.model.architecture, job.options, num_classes=num_classes, where=f"models.{key}")
     if recipe.bn_momentum is not None:
         set_batchnorm_momentum(net, recipe.bn_momentum)
@@ -312,6 +314,11 @@ def finish(session: Session, tracker: Tracker | None, job: TrainingJob, model_fi
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
+
+def loss_key(key: str, model: ModelParams) -> str:
+    """Where the model's loss is set in params.yaml, for messages: its own `train.loss`, or the shared one."""
+    return f"models.{key}.train" if "loss" in model.train else "train"
+
 
 def data_fingerprint(prepared: Path) -> str:
     """Identifies the prepared training data, so a checkpoint is never resumed on different data."""

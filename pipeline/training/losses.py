@@ -87,9 +87,9 @@ def names() -> list[str]:
     return sorted(_REGISTERED)
 
 
-def make_loss(recipe: TrainParams, num_classes: int, where: str = "train") -> SegmentationLoss:
-    """The loss of `recipe` (`recipe.loss` and `aux_weight`) for `num_classes` classes; `where` is the recipe's key
-    in messages (`train`, or `models.<name>.train`)."""
+def typed_terms(recipe: TrainParams, where: str = "train") -> list[tuple[Loss, float, Any]]:
+    """(loss, weight, typed options) of each entry of `recipe.loss`, checked: an unknown loss or option is one line
+    naming the entry; `where` is the recipe's key in messages (`train`, or `models.<name>.train`)."""
     terms = []
     for i, entry in enumerate(recipe.loss):
         key = f"{where}.loss[{i}]"
@@ -97,6 +97,12 @@ def make_loss(recipe: TrainParams, num_classes: int, where: str = "train") -> Se
         if spec is None:
             raise PipelineError(f"{key}.name: unknown loss {entry['name']!r}; must be one of {', '.join(names())}")
         options = build_options(spec.options, {k: v for k, v in entry.items() if k not in ("name", "weight")}, key)
-        terms.append((float(entry.get("weight", 1.0)), spec.build(options, num_classes)))
+        terms.append((spec, float(entry.get("weight", 1.0)), options))
+    return terms
+
+
+def make_loss(recipe: TrainParams, num_classes: int, where: str = "train") -> SegmentationLoss:
+    """The loss of `recipe` (`recipe.loss` and `aux_weight`) for `num_classes` classes."""
+    terms = [(weight, spec.build(options, num_classes)) for spec, weight, options in typed_terms(recipe, where)]
     return SegmentationLoss(terms, recipe.aux_weight)
 

@@ -92,10 +92,11 @@ def _check_color(value: list[int], key: str) -> tuple[int, int, int]:
 @dataclass(frozen=True)
 class DatasetParams:
     """What the data is: its name, layout, splits and classes (`dataset` in params.yaml); PASCAL VOC 2012 by
-    default. See docs/own-data.md."""
+    default. See docs/own-data.md. The layout's own keys (splits, val_fraction, images, masks) are checked by the
+    layout (`pipeline.ingest.layouts`), when the extract and prepare stages start."""
 
     name: str = "voc"  # names the MLflow experiment (<name>-segmentation) and registered models (<name>-<key>)
-    layout: Literal["voc", "folders"] = "voc"
+    layout: str = "voc"  # a module of pipeline/ingest/layouts/, which checks the keys it reads (voc, folders)
     images: str = "images"  # folders: the directories of images and masks under the source root
     masks: str = "masks"
     splits: dict[str, str] | None = None  # folders: {train: <id list>, val: <id list>}, files under the root
@@ -127,15 +128,6 @@ class DatasetParams:
             color = _check_color(self.ignore_color, "ignore_color")
             if self.colors is not None and list(color) in self.colors:
                 raise PipelineError(f"ignore_color: {list(color)} is also a class colour in colors")
-        if self.layout == "voc":
-            if self.splits is not None or self.val_fraction is not None:
-                raise PipelineError("splits, val_fraction: the voc layout reads its splits from "
-                                    "ImageSets/Segmentation/{train,val}.txt; remove them or use layout: folders")
-        elif (self.splits is None) == (self.val_fraction is None):
-            raise PipelineError("splits, val_fraction: the folders layout needs exactly one: splits: {train: <file>, "
-                                "val: <file>} (id lists) or val_fraction: <0..1> (a seeded split by id)")
-        elif self.splits is not None and sorted(self.splits) != ["train", "val"]:
-            raise PipelineError(f"splits: must name the files of train and val, got {', '.join(self.splits)}")
 
     @property
     def is_voc(self) -> bool:

@@ -20,9 +20,6 @@ class ModelParams:
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        check_name(self.architecture, "architecture")
-
 
 def model_params(params: ParamsFile, name: str) -> tuple[str, ModelParams]:
     """(key, entry) of model `name` (matched case-insensitively)."""

@@ -1,5 +1,6 @@
 """The `folders` layout of a dataset: `<root>/<images>/<id>.jpg|.jpeg|.png` and `<root>/<masks>/<id>.png` with
-matching stems, split by id-list files (`dataset.splits`) or by `dataset.val_fraction`."""
+matching stems, split by id-list files (`dataset.splits`) or by `dataset.val_fraction`; its archive is a tar,
+tar.gz or zip unpacked whole."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from pipeline.core.errors import PipelineError
 from pipeline.core.params.data import DatasetParams
 from pipeline.ingest import splits
+from pipeline.ingest.archive import extract_folders
+from pipeline.ingest.layouts import Layout, Pair, Sources, register_layout
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIX = ".png"
@@ -26,6 +29,22 @@ def _files(directory: Path, suffixes: tuple[str, ...], what: str) -> dict[str, P
     if not found:
         raise PipelineError(f"{directory}: holds no {' or '.join(suffixes)} files; check dataset.{what}")
     return found
+
+
+def check(dataset: DatasetParams) -> None:
+    if (dataset.splits is None) == (dataset.val_fraction is None):
+        raise PipelineError("dataset.splits, val_fraction: the folders layout needs exactly one: splits: {train: "
+                            "<file>, val: <file>} (id lists) or val_fraction: <0..1> (a seeded split by id)")
+    if dataset.splits is not None and sorted(dataset.splits) != ["train", "val"]:
+        raise PipelineError(f"dataset.splits: must name the files of train and val, got {', '.join(dataset.splits)}")
+
+
+def pairs(dataset: DatasetParams, sources: Sources) -> dict[str, list[Pair]]:
+    """The pairs of each split, in its list's order (id order for val_fraction); train_set must be train."""
+    if sources.train_set != "train":
+        raise PipelineError(f"prepare.train_set: {sources.train_set} is VOC's alone; set prepare.train_set: train")
+    return {split: [Pair(image_id, dataset.name, image, mask) for image_id, image, mask in listed]
+            for split, listed in split_pairs(sources.root, dataset, sources.seed).items()}
 
 
 def split_pairs(root: Path, dataset: DatasetParams, seed: int) -> dict[str, list[tuple[str, Path, Path]]]:
@@ -52,3 +71,10 @@ def split_pairs(root: Path, dataset: DatasetParams, seed: int) -> dict[str, list
                                     f"{root / dataset.images}; {fix}")
     return {split: [(image_id, images[image_id], masks[image_id]) for image_id in ids]
             for split, ids in split_ids.items()}
+
+
+register_layout(Layout(
+    "folders", check, pairs,
+    extract=lambda archive, out, dataset, progress: extract_folders(archive, out, images=dataset.images,
+                                                                    masks=dataset.masks, progress=progress),
+    fix="fix or remove the file", origins=lambda dataset, train_set: (dataset.name,)))
