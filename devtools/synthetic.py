@@ -136,10 +136,12 @@ _FOLDERS_LOOKS = (None, 1, 8, 15)  # the VOC class whose look each object class 
 
 
 def write_folders_dataset(root: str | Path, *, seed: int = 2, n_images: int = 48, min_size: int = 64,
-                          max_size: int = 112) -> dict[str, list[str]]:
+                          max_size: int = 112, rare_every: int = 0, n_classes: int = 4) -> dict[str, list[str]]:
     """Write a dataset in the folders layout to `root`: `images/<id>.jpg`, `masks/<id>.png` as RGB colour masks
     (FOLDERS_COLORS per class, FOLDERS_IGNORE_COLOR along object outlines) and `splits/{train,val}.txt` (one
-    third val). Returns the split ids. The same arguments always give the same files."""
+    third val). `n_classes` (2 to 4) keeps the first classes of FOLDERS_CLASSES. `rare_every` > 0 makes the last
+    class rare: it appears only in every `rare_every`-th image, the objects of the others drawn as the other
+    classes. Returns the split ids. The same arguments always give the same files."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     ids = [f"plate-{i:03d}" for i in range(1, n_images + 1)]
@@ -153,10 +155,13 @@ def write_folders_dataset(root: str | Path, *, seed: int = 2, n_images: int = 48
         (root / directory).mkdir(parents=True, exist_ok=True)
     for i, image_id in enumerate(ids):
         height, width = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-        objects = [1 + (i + k) % 3 for k in range(int(rng.integers(1, 3)))]
+        objects = [1 + (i + k) % (n_classes - 1) for k in range(int(rng.integers(1, 3)))]
+        if rare_every:  # the last class in every rare_every-th image only, and there always
+            rare = n_classes - 1
+            objects = [rare] if i % rare_every == 0 else [1 + (i + k) % (rare - 1) for k in range(len(objects))]
         image, label = _sample(rng, height, width, [_FOLDERS_LOOKS[c] for c in objects])
         ours = np.zeros_like(label)
-        for c in (1, 2, 3):
+        for c in range(1, n_classes):
             ours[label == _FOLDERS_LOOKS[c]] = c
         ours[label == IGNORE_INDEX] = IGNORE_INDEX
         (root / "images" / f"{image_id}.jpg").write_bytes(_encode_jpeg(image))

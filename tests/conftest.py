@@ -40,6 +40,16 @@ def voc_tree(voc_tar, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def voc_prepared(voc_tree, tmp_path_factory) -> Path:
+    """`voc_tree` as the prepare stage packs it (VOC train, val). Treat it as read-only."""
+    from pipeline.ingest.prepare import prepare
+
+    out = tmp_path_factory.mktemp("voc_prepared") / "prepared"
+    prepare(voc_tree, out, workers=1, progress=False)
+    return out
+
+
 # SBD shares 3 VOC train ids with each of its lists and lists 3 VOC val ids in its train, plus ids of its own.
 SYNTHETIC_SBD = {"seed": 1, "n_train": 10, "n_val": 5, "overlap": 3, "min_size": 40, "max_size": 120}
 

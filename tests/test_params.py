@@ -172,9 +172,9 @@ def test_an_unknown_architecture_or_loss_lists_what_there_is():
     with pytest.raises(PipelineError, match=r"^params.yaml: models.fcn.architecture: unknown architecture 'segformer'; "
                                             r"must be one of deeplab, deeplabv3plus, fcn, unet$"):
         job(with_change("models.fcn.architecture", "segformer"), "fcn")
-    with pytest.raises(PipelineError, match=r"^params.yaml: train.loss\[0\].name: unknown loss 'dice'; must be one "
-                                            r"of cross_entropy"):
-        job(with_change("train.loss", [{"name": "dice", "weight": 1.0}]), "fcn")
+    with pytest.raises(PipelineError, match=r"^params.yaml: train.loss\[0\].name: unknown loss 'tversky'; must be "
+                                            r"one of cross_entropy, dice, focal, lovasz$"):
+        job(with_change("train.loss", [{"name": "tversky", "weight": 1.0}]), "fcn")
     with pytest.raises(PipelineError, match=r"^params.yaml: models.fcn.train.loss\[0\].gamma: unknown key"):
         job(with_change("models.fcn.train", {"loss": [{"name": "cross_entropy", "gamma": 2}]}), "fcn")
 

@@ -25,6 +25,7 @@ from pipeline.core.progress import Progress
 from pipeline.ingest import sbd
 from pipeline.ingest.layouts import Pair, Sources, dataset_layout
 from pipeline.ingest.masks import MaskReader
+from pipeline.prepared.balance import class_weights
 from pipeline.prepared.format import IMAGES, INDEX, LABEL_SET, LABELS, SPLITS
 
 log = logging.getLogger(__name__)
@@ -151,15 +152,19 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
 
     heights = [s[3] for s in samples]
     widths = [s[4] for s in samples]
+    class_pixels = [int(histogram[c]) for c in range(labels.num_classes)]
     write_json(out / INDEX, {
         "ids": ids, "heights": heights, "widths": widths,
         "label_offsets": [s[2] for s in samples], "image_offsets": [3 * s[2] for s in samples],
+        "class_pixels": class_pixels,
     })
     void = int(histogram[IGNORE_INDEX])
     return {
         "images": len(ids),
         "pixels": offset,
-        "class_pixels": {name: int(histogram[c]) for c, name in enumerate(labels.classes)},
+        "class_pixels": dict(zip(labels.classes, class_pixels)),
+        # What the loss's `class_weights: auto` uses when this split is trained on (pipeline.prepared.balance)
+        "class_weights_auto": dict(zip(labels.classes, (round(w, 6) for w in class_weights(class_pixels)))),
         "void_pixels": void,
         "void_fraction": void / offset,
         "height": {"min": min(heights), "max": max(heights)},

@@ -24,6 +24,8 @@ from pipeline.models.layers import zero_init_residual
 
 Builder = Callable[[Any, int], nn.Module]  # (options, class count) → the network, with its random initialisation
 WeightsLoader = Callable[[nn.Module, Any, str], None]  # (network, options, where) → pretrained weights loaded
+# options → torchvision's whole-model weights enum for these options (COCO_WITH_VOC_LABELS_V1), or None
+WholeModelWeights = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,18 @@ class Architecture:
     # Named option sets (the variants `tools.model_summary` lists); the first is small, and the generic tests
     # train, export and save it.
     variants: dict[str, dict[str, Any]]
+    # The attribute holding the network's backbone (what fine-tuning freezes, and what a model it starts from must
+    # mostly fit), or None for a network without one (U-Net).
+    backbone: str | None = "backbone"
+    torchvision_weights: WholeModelWeights | None = None  # where torchvision ships trained segmentation weights
 
 
 _REGISTERED: dict[str, Architecture] = {}
 
 
 def register_model(name: str, options: type, *, variants: dict[str, dict[str, Any]],
-                   load_weights: WeightsLoader | None = None) -> Callable[[Builder], Builder]:
+                   load_weights: WeightsLoader | None = None, backbone: str | None = "backbone",
+                   torchvision_weights: WholeModelWeights | None = None) -> Callable[[Builder], Builder]:
     """Register the decorated builder as architecture `name` (its module's name), with its options dataclass."""
     if not dataclasses.is_dataclass(options) or not hasattr(options, "summary"):
         raise TypeError(f"{name}: options must be a dataclass with a `summary` property, got {options!r}")
@@ -49,7 +56,8 @@ def register_model(name: str, options: type, *, variants: dict[str, dict[str, An
         raise TypeError(f"{name}: list at least one variant (the first, small, is what the generic tests use)")
 
     def register(builder: Builder) -> Builder:
-        _REGISTERED[name] = Architecture(name, options, builder, load_weights, dict(variants))
+        _REGISTERED[name] = Architecture(name, options, builder, load_weights, dict(variants), backbone,
+                                         torchvision_weights)
         return builder
 
     return register

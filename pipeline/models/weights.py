@@ -1,7 +1,9 @@
-"""Backbone weights: torchvision's ImageNet files (through the torch hub cache) or a local file pinned by sha256.
+"""Pretrained weights: a backbone's (torchvision's ImageNet files through the torch hub cache, or a local file pinned
+by sha256) and a whole trained segmentation model's to start from (`models.<name>.init`: a model file of this
+pipeline, a torchvision-format state dict, or torchvision's own trained weights).
 
 This is the only file of `pipeline.models` that reads from disk or the network; the networks themselves are
-built with random weights and receive their backbone's state dict here.
+built with random weights and receive their state dicts here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -107,7 +110,13 @@ def load_backbone(backbone: nn.Module, name: str, pretrained: str, sha256: str |
 
 
 def _download(name: str, where: str) -> dict:
-    weights = IMAGENET[name]
+    return _fetch(IMAGENET[name], f"{where}.pretrained", f"imagenet weights for {name}",
+                  "or set pretrained: none or a local .pth path with weights_sha256")
+
+
+def _fetch(weights: WeightsEnum, key: str, what: str, otherwise: str) -> dict:
+    """The state dict of torchvision's `weights`, from the torch hub cache or downloaded into it (hash-checked);
+    offline, one line naming the file and where to put it."""
     cached = hub_path(weights)
     was_cached = cached.is_file()
     try:
@@ -117,13 +126,12 @@ def _download(name: str, where: str) -> dict:
     except (OSError, RuntimeError, http.client.HTTPException, pickle.UnpicklingError, EOFError) as error:
         if was_cached:
             raise PipelineError(
-                f"{where}.pretrained: cached weights {cached} cannot be read ({_first_line(error)}); "
+                f"{key}: cached weights {cached} cannot be read ({_first_line(error)}); "
                 "delete the file so it is downloaded again"
             ) from None
         raise PipelineError(
-            f"{where}.pretrained: imagenet weights for {name} could not be downloaded ({_first_line(error)}); "
-            f"fetch {weights.url} elsewhere and put it at {cached}, "
-            "or set pretrained: none or a local .pth path with weights_sha256"
+            f"{key}: {what} could not be downloaded ({_first_line(error)}); "
+            f"fetch {weights.url} elsewhere and put it at {cached}, {otherwise}"
         ) from None
 
 
@@ -145,3 +153,64 @@ def _read_local(path: Path, sha256: str, where: str) -> object:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# --- starting from a trained segmentation model (`models.<name>.init`) ------------------------------------------
+
+# Under this share of the backbone's tensors matching by name and shape, a source is another network, not this
+# one with another head.
+MIN_BACKBONE_MATCH = 0.5
+
+
+def load_init(model: nn.Module, source: str, sha256: str | None, *, backbone: str | None, torchvision: Any,
+              where: str) -> dict:
+    """Load into `model` every tensor of `source` whose name and shape match, leaving the others as they were
+    built (a classifier of another class count, a head the source lacks), and say what was done: the source, its
+    sha256, how many tensors loaded and which were not. `source` is a model file of this pipeline, a
+    torchvision-format state dict, or `torchvision` (`torchvision`: those weights, or None where torchvision ships
+    none for these options). Refused in one line naming the file: a file that is neither, and a source under
+    MIN_BACKBONE_MATCH of whose `backbone` tensors fit (another architecture)."""
+    key = f"{where}.init.from"
+    if source == "torchvision":
+        if torchvision is None:
+            raise PipelineError(f"{key}: torchvision ships no trained segmentation weights for this architecture and "
+                                "these options; start from a model file instead (docs/fine-tuning.md)")
+        state = _fetch(torchvision, key, f"torchvision's {torchvision}", "or start from a model file")
+        name, digest = str(torchvision), file_sha256(hub_path(torchvision))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise PipelineError(f"{key}: {path} not found; give a model file (models/<model>/model.pt of a trained "
+                                "model), a torchvision state dict, or torchvision")
+        digest = file_sha256(path)
+        if sha256 is not None and digest != sha256.lower():
+            raise PipelineError(f"{where}.init.sha256: {path} has sha256 {digest}, expected {sha256}; refusing to "
+                                "start from it (replace the file or update the pin)")
+        state, name = _state_dict_of(path, key), str(path)
+    target = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
+    prefix = f"{backbone}." if backbone else ""
+    backbone_keys = [k for k in target if k.startswith(prefix)]
+    matched = sum(k in fits for k in backbone_keys)
+    if matched < MIN_BACKBONE_MATCH * len(backbone_keys):
+        raise PipelineError(f"{key}: {name} fits {matched} of this network's {len(backbone_keys)} "
+                            f"{'backbone ' if backbone else ''}tensors (names and shapes): a model of another "
+                            "architecture or backbone; start from one of the same architecture and options")
+    model.load_state_dict(fits, strict=False)
+    return {"from": name, "sha256": digest, "loaded": len(fits),
+            "reinitialized": sorted(k for k in target if k not in fits)}
+
+
+def _state_dict_of(path: Path, key: str) -> dict:
+    """The tensors of a model file of this pipeline (its `state_dict`) or of a torchvision-format state dict."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a bad zip, a pickle weights_only refuses, a text file: all "not a model file"
+        raise PipelineError(f"{key}: {path} cannot be read as a model ({_first_line(error)}); give a model file "
+                            "of this pipeline or a torchvision state dict") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict) and "architecture" in state:
+        state = state["state_dict"]  # pipeline.models.saved's model file
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise PipelineError(f"{key}: {path} is not a model of this pipeline nor a torchvision state dict (a "
+                            "mapping of tensor names to tensors)")
+    return state

@@ -72,6 +72,7 @@ class PreparedSplit(torch.utils.data.Dataset):
         self.sizes: list[tuple[int, int]] = list(zip(index["heights"], index["widths"]))
         self._label_offsets: list[int] = index["label_offsets"]
         self._image_offsets: list[int] = index["image_offsets"]
+        self.class_pixels: list[int] | None = index.get("class_pixels")  # None: prepared before it was counted
         pixels = sum(height * width for height, width in self.sizes)
         _check_array(self.dir / IMAGES, 3 * pixels)
         _check_array(self.dir / LABELS, pixels)

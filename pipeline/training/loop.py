@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import random
 import signal
@@ -32,14 +33,16 @@ from pipeline.core.params.train import TrainParams, train_params
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import Runtime, resolve
 from pipeline.evaluation.evaluate import evaluate
+from pipeline.models import weights
 from pipeline.models.layers import set_batchnorm_momentum
-from pipeline.models.registry import build, typed_options
+from pipeline.models.registry import architecture, build, typed_options
 from pipeline.models.saved import save_model
 from pipeline.prepared.dataset import PreparedSplit
 from pipeline.tracking.runs import Tracker, provenance_tags, run_name
 from pipeline.training import checkpoint, distributed
 from pipeline.training.augment import collate_samples
 from pipeline.training.losses import SegmentationLoss, make_loss, typed_terms
+from pipeline.training.losses import describe as describe_loss
 from pipeline.training.optimization import NonFiniteLoss, make_optimizer, make_scheduler, train_step
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,11 @@ class TrainingJob:
         with params.naming_errors():
             options = typed_options(model.architecture, model.options, f"models.{key}")
             typed_terms(recipe, loss_key(key, model))
+            if architecture(model.architecture).backbone is None:
+                for option, neutral in (("freeze_backbone_epochs", 0), ("head_lr_mult", 1.0)):
+                    if getattr(recipe, option) != neutral:
+                        raise PipelineError(f"models.{key}.train.{option}: architecture {model.architecture} has no "
+                                            "backbone to tell apart from the rest; remove it")
         return cls(key, model, options, recipe, tracking_params(params).experiment, params.dataset_name(),
                    dataset_source(params))
 
@@ -105,6 +113,8 @@ class Session:
     sampler: DistributedSampler
     run_hash: str
     checkpoint_dir: Path  # this params set's own directory under the model's checkpoint root
+    backbone: torch.nn.Module | None  # what `freeze_backbone_epochs` freezes and `head_lr_mult` tells apart
+    init: dict | None  # what `models.<key>.init` loaded (pipeline.models.weights.load_init), or None
     history: list[dict] = field(default_factory=list)
     resumed_run_id: str | None = None  # the MLflow run of the checkpoint resumed from
 
@@ -158,8 +168,21 @@ def set_up(job: TrainingJob, prepared: Path, checkpoint_root: Path, device: str 
                             f"larger than the {len(train_set)} training images: lower train.batch_size")
 
     num_classes = train_set.labels.num_classes
-    loss = make_loss(recipe, num_classes, loss_key(key, job.model))
-    net = build(job.model.architecture, job.options, num_classes=num_classes, where=f"models.{key}")
+    loss = make_loss(recipe, num_classes, train_set.class_pixels, loss_key(key, job.model))
+    spec = architecture(job.model.architecture)
+    init = job.model.init
+    # A model that starts from a trained one never fetches the backbone's ImageNet weights that would be replaced.
+    net = build(job.model.architecture, job.options, num_classes=num_classes, weights=init is None,
+                where=f"models.{key}")
+    loaded = None
+    if init is not None:
+        whole_model = spec.torchvision_weights(job.options) if spec.torchvision_weights else None
+        loaded = weights.load_init(net, init.source, init.sha256, backbone=spec.backbone, torchvision=whole_model,
+                                   where=f"models.{key}")
+        log.info("models.%s.init: %d tensors from %s (sha256 %s), %d left as built: %s", key, loaded["loaded"],
+                 loaded["from"], loaded["sha256"][:12], len(loaded["reinitialized"]),
+                 ", ".join(loaded["reinitialized"][:6]) + (" …" if len(loaded["reinitialized"]) > 6 else ""))
+    backbone = getattr(net, spec.backbone) if spec.backbone else None
     if recipe.bn_momentum is not None:
         set_batchnorm_momentum(net, recipe.bn_momentum)
     if world.distributed and policy.on_gpu:
@@ -167,7 +190,7 @@ def set_up(job: TrainingJob, prepared: Path, checkpoint_root: Path, device: str 
         # CPU (gloo) each rank keeps its own statistics and DDP broadcasts rank 0's at every forward.
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = policy.place_model(net)
-    optimizer = make_optimizer(net, recipe)
+    optimizer = make_optimizer(net, recipe, backbone)
     scheduler = make_scheduler(optimizer, recipe, iters_per_epoch)
     model = net
     if world.distributed:
@@ -176,13 +199,14 @@ def set_up(job: TrainingJob, prepared: Path, checkpoint_root: Path, device: str 
         model = torch.compile(model)
     sampler = DistributedSampler(train_set, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                  seed=recipe.seed, drop_last=True)
+    started_from = {"from": loaded["from"], "sha256": loaded["sha256"]} if loaded else None
     run_hash = checkpoint.params_hash(_hashed(recipe), {"architecture": job.model.architecture,
                                                         "options": dataclasses.asdict(job.options)},
-                                      data_fingerprint(prepared))
+                                      data_fingerprint(prepared), *([started_from] if started_from else []))
     if world.is_main:
         checkpoint.prune(checkpoint_root, run_hash)
     return Session(key, recipe, world, policy, train_set, val_set, iters_per_epoch, net, model, loss, optimizer,
-                   scheduler, sampler, run_hash, checkpoint.run_directory(checkpoint_root, run_hash))
+                   scheduler, sampler, run_hash, checkpoint.run_directory(checkpoint_root, run_hash), backbone, loaded)
 
 
 def resume(session: Session) -> tuple[int, int]:
@@ -211,9 +235,12 @@ def start_tracking(session: Session, job: TrainingJob, prepared: Path) -> Tracke
     provenance = provenance_tags(str(prepared))
     tracker = Tracker(job.experiment, run_id=session.resumed_run_id,
                       run_name=run_name(session.key, job.options.summary, provenance))
+    recipe = {key: value for key, value in _hashed(session.recipe).items() if key != "loss"}
+    terms = describe_loss(session.recipe, session.train_set.labels.num_classes, session.train_set.class_pixels,
+                          loss_key(job.key, job.model))
     tracker.log_params({"model": session.key, "architecture": job.model.architecture,
-                        **as_flat_dict(_hashed(session.recipe), "train."),
-                        **as_flat_dict(job.options, "options.")})
+                        **as_flat_dict(recipe, "train."), "train.loss": json.dumps(terms),
+                        **as_flat_dict(job.options, "options."), **_init_params(session.init)})
     tracker.set_tags({**provenance, "model": session.key, "device": str(session.runtime.device),
                       "world_size": session.world.world_size, "seed": session.recipe.seed,
                       "params_hash": session.run_hash})
@@ -237,6 +264,10 @@ def train_one_epoch(session: Session, epoch: int, skip_batches: int, stop: _Stop
                         num_workers=recipe.workers, pin_memory=session.runtime.on_gpu,
                         worker_init_fn=_leave_signals_to_the_main_process)
     session.model.train()
+    frozen = []
+    if epoch <= recipe.freeze_backbone_epochs:
+        session.backbone.eval()  # BatchNorm statistics (and dropout) of the backbone untouched too
+        frozen = [p for p in session.backbone.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=session.runtime.device)
     seen, done, interrupted, started = 0, skip_batches, False, time.perf_counter()
     with Progress(session.iters_per_epoch, initial=skip_batches, desc=f"{session.key} epoch {epoch}/{recipe.epochs}",
@@ -245,7 +276,7 @@ def train_one_epoch(session: Session, epoch: int, skip_batches: int, stop: _Stop
             for samples in loader:
                 try:
                     loss = train_step(session.model, samples, session.optimizer, recipe, session.runtime,
-                                      session.loss)
+                                      session.loss, frozen)
                 except NonFiniteLoss as error:
                     raise PipelineError(
                         f"models.{session.key}: {error} at epoch {epoch}, step {done + 1}; the last good checkpoint "
@@ -393,6 +424,14 @@ def _state(session: Session, epoch: int, batches_done: int, tracker: Tracker | N
     }
 
 
+def _init_params(init: dict | None) -> dict:
+    """What `models.<key>.init` loaded, as flat strings and numbers (MLflow params, the summary)."""
+    if init is None:
+        return {}
+    return {"init.from": init["from"], "init.sha256": init["sha256"], "init.loaded": init["loaded"],
+            "init.reinitialized": ", ".join(init["reinitialized"])}
+
+
 def _log_line(session: Session, row: dict) -> None:
     val = "-" if row["val_miou"] is None else f"{row['val_miou']:.4f}"
     log.info("%s epoch %d/%d: loss %.4f, val mIoU %s, %.1f img/s", session.key, row["epoch"], session.recipe.epochs,
@@ -415,4 +454,5 @@ def _summary(session: Session) -> dict:
         "peak_memory_mb": round(session.runtime.peak_memory_mb(), 1),
         "world_size": session.world.world_size,
         "params_hash": session.run_hash,
+        **{name.replace(".", "_"): value for name, value in _init_params(session.init).items()},
     }

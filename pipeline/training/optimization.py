@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -25,10 +26,16 @@ class NonFiniteLoss(Exception):
         self.value = value
 
 
-def make_optimizer(model: torch.nn.Module, recipe: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, recipe: TrainParams,
+                   backbone: torch.nn.Module | None = None) -> torch.optim.Optimizer:
     """The recipe's optimiser in PyTorch's fused implementation: one kernel over all parameters, on the CPU as on
-    CUDA, several times faster than the default per-parameter loop (docs/performance.md)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    CUDA, several times faster than the default per-parameter loop (docs/performance.md). With `head_lr_mult` ≠ 1
+    two parameter groups: `backbone`'s at `lr`, everything else at `lr × head_lr_mult` (the schedule scales both)."""
+    trainable: list = [p for p in model.parameters() if p.requires_grad]
+    if recipe.head_lr_mult != 1.0:
+        inside = {id(p) for p in backbone.parameters()}
+        trainable = [{"params": [p for p in trainable if id(p) in inside], "lr": recipe.lr},
+                     {"params": [p for p in trainable if id(p) not in inside], "lr": recipe.lr * recipe.head_lr_mult}]
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(trainable, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
                                fused=True)
@@ -62,10 +69,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainParams,
 
 
 def train_step(model: torch.nn.Module, samples: list, optimizer: torch.optim.Optimizer, recipe: TrainParams,
-               runtime: Runtime, loss_of: SegmentationLoss) -> torch.Tensor:
+               runtime: Runtime, loss_of: SegmentationLoss, frozen: Sequence[torch.nn.Parameter] = ()
+               ) -> torch.Tensor:
     """One optimiser step on a list of (uint8 image, label) samples: augment on the device, forward under the
-    runtime's autocast, the recipe's loss (`pipeline.training.losses`), backward, update. Returns the detached
-    loss; raises `NonFiniteLoss` (before any update) when it is NaN or infinite."""
+    runtime's autocast, the recipe's loss (`pipeline.training.losses`), backward, update. `frozen` parameters get no
+    update (their gradients are dropped before the step, so optimisers skip them, weight decay and momentum
+    included; under DDP they are still all-reduced, which keeps every rank's set of gradients the same). Returns
+    the detached loss; raises `NonFiniteLoss` (before any update) when it is NaN or infinite."""
     images, labels = train_batch(samples, runtime.device, recipe.crop_size, recipe.scale_range, recipe.hflip,
                                  runtime.channels_last)
     with runtime.autocast():
@@ -75,5 +85,7 @@ def train_step(model: torch.nn.Module, samples: list, optimizer: torch.optim.Opt
         raise NonFiniteLoss(loss.item())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    for parameter in frozen:
+        parameter.grad = None
     optimizer.step()
     return loss.detach()

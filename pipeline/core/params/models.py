@@ -4,11 +4,30 @@ overrides the shared recipe (`pipeline.core.params.train`)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params.schema import ParamsFile, check_name
+
+
+@dataclass(frozen=True)
+class InitParams:
+    """`models.<name>.init`: start from a trained segmentation model, every tensor whose name and shape match
+    (pipeline.models.weights.load_init): a model file of this pipeline (any dataset, any class count), a
+    torchvision-format state dict, or `torchvision` (its COCO_WITH_VOC_LABELS_V1 weights where the architecture
+    has them)."""
+
+    source: str = field(metadata={"key": "from"})
+    sha256: str | None = None  # optional pin of a local file: a file with another sha256 is refused
+
+    def __post_init__(self) -> None:
+        if self.sha256 is not None:
+            if self.source == "torchvision":
+                raise PipelineError("sha256: only used with a local file, not with from: torchvision; remove it")
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
+                raise PipelineError(f"sha256: must be 64 hexadecimal digits, got {self.sha256!r}")
 
 
 @dataclass(frozen=True)
@@ -19,6 +38,7 @@ class ModelParams:
     architecture: str
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    init: InitParams | None = None
 
 
 def model_params(params: ParamsFile, name: str) -> tuple[str, ModelParams]:

@@ -135,7 +135,8 @@ def build(cls: type, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise PipelineError(f"{label}: must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # A field's key in params.yaml is its name, or its metadata's "key" where the name cannot be (`from`).
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
@@ -147,7 +148,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
             if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
                 raise PipelineError(f"{key}: missing (required)")
             continue
-        values[name] = check(hints[name], raw[name], key, spec.metadata)
+        values[spec.name] = check(hints[spec.name], raw[name], key, spec.metadata)
     try:
         return cls(**values)
     except PipelineError as error:
@@ -165,7 +166,16 @@ def check(hint: Any, value: Any, key: str, meta: Any = None) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return check(inner[0], value, key, meta)
+        errors = []
+        for alternative in inner:  # the first that takes the value: `Literal["auto"] | list[float]`
+            try:
+                return check(alternative, value, key, meta)
+            except PipelineError as error:
+                errors.append(str(error))
+        if len(errors) == 1:
+            raise PipelineError(errors[0])
+        allowed = " or ".join([*map(_describe, inner), *(["null"] if type(None) in args else [])])
+        raise PipelineError(f"{key}: must be {allowed}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise PipelineError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -197,6 +207,18 @@ def check(hint: Any, value: Any, key: str, meta: Any = None) -> Any:
             raise PipelineError(f"{key}: must be a non-empty string, got {value!r}")
         return value
     raise TypeError(f"params schema: unsupported type {hint} at {key}")
+
+
+def _describe(hint: Any) -> str:
+    """A type as a message says it: `auto`, `a list`, `a mapping`."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return " or ".join(map(str, typing.get_args(hint)))
+    if origin is list:
+        return "a list"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
 def _check_limits(value: float, key: str, meta: Any) -> None:

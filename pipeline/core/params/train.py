@@ -14,7 +14,7 @@ from pipeline.core.params.schema import ParamsFile, build, limits
 
 # The loss: a weighted sum of registered losses (pipeline.training.losses), each entry its name, its weight and its
 # own options. Cross-entropy alone is the recipe every published VOC number trains with.
-DEFAULT_LOSS = ({"name": "cross_entropy", "weight": 1.0},)
+DEFAULT_LOSS = ({"name": "cross_entropy", "weight": 1.0, "class_weights": None},)
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class TrainParams:
     compile: bool = False
     seed: int = field(default=0, metadata=limits(0))
     val_every: int = field(default=5, metadata=limits(1))
+    # Fine-tuning (docs/fine-tuning.md): the backbone's weights and BatchNorm statistics untouched for the first N
+    # epochs, and the learning rate of everything outside the backbone times head_lr_mult.
+    freeze_backbone_epochs: int = field(default=0, metadata=limits(0))
+    head_lr_mult: float = field(default=1.0, metadata=limits(0, low_open=True))
 
     def __post_init__(self) -> None:
         # Messages name the field only: `build` prefixes the section (`train.` or `models.<name>.train.`).

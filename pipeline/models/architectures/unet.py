@@ -138,7 +138,7 @@ class UNetOptions:
         return f"width{self.width}-{self.upsampling}"
 
 
-@register_model("unet", UNetOptions, variants={
+@register_model("unet", UNetOptions, backbone=None, variants={
     "bilinear, width 8": {"width": 8},
     "bilinear, width 64": {"width": 64, "upsampling": "bilinear"},
     "transpose, width 64": {"width": 64, "upsampling": "transpose"},
