@@ -12,7 +12,6 @@ import hashlib
 import http.client
 import os
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -29,6 +28,7 @@ from torchvision.models import (
 )
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.params.schema import check_sha256
 
 # IMAGENET1K_V1 throughout: the weights torchvision's own segmentation builders default to.
 IMAGENET: dict[str, WeightsEnum] = {
@@ -61,8 +61,8 @@ def check_source(pretrained: str, weights_sha256: str | None) -> None:
         if weights_sha256 is not None:
             raise PipelineError(f"weights_sha256: only used with a local weights file, not with pretrained: "
                                 f"{pretrained}; remove it")
-    elif weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", weights_sha256):
-        raise PipelineError(f"weights_sha256: must be 64 hexadecimal digits, got {weights_sha256!r}")
+    elif weights_sha256 is not None:
+        check_sha256(weights_sha256, "weights_sha256")
 
 
 def _check_local(pretrained: str, sha256: str | None, where: str) -> None:
@@ -135,13 +135,17 @@ def _fetch(weights: WeightsEnum, key: str, what: str, otherwise: str) -> dict:
         ) from None
 
 
-def _read_local(path: Path, sha256: str, where: str) -> object:
+def _pinned(path: Path, sha256: str | None, key: str, fix: str) -> str:
+    """The sha256 of `path`, refused in one line (`key` names the pin, `fix` ends the message) when it is pinned to
+    another."""
     actual = file_sha256(path)
-    if actual != sha256.lower():
-        raise PipelineError(
-            f"{where}.weights_sha256: {path} has sha256 {actual}, expected {sha256}; "
-            "refusing to load it (replace the file or update weights_sha256)"
-        )
+    if sha256 is not None and actual != sha256.lower():
+        raise PipelineError(f"{key}: {path} has sha256 {actual}, expected {sha256}; {fix}")
+    return actual
+
+
+def _read_local(path: Path, sha256: str, where: str) -> object:
+    _pinned(path, sha256, f"{where}.weights_sha256", "refusing to load it (replace the file or update weights_sha256)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
@@ -182,10 +186,8 @@ def load_init(model: nn.Module, source: str, sha256: str | None, *, backbone: st
         if not path.is_file():
             raise PipelineError(f"{key}: {path} not found; give a model file (models/<model>/model.pt of a trained "
                                 "model), a torchvision state dict, or torchvision")
-        digest = file_sha256(path)
-        if sha256 is not None and digest != sha256.lower():
-            raise PipelineError(f"{where}.init.sha256: {path} has sha256 {digest}, expected {sha256}; refusing to "
-                                "start from it (replace the file or update the pin)")
+        digest = _pinned(path, sha256, f"{where}.init.sha256",
+                         "refusing to start from it (replace the file or update the pin)")
         state, name = _state_dict_of(path, key), str(path)
     target = model.state_dict()
     fits = {k: v for k, v in state.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}

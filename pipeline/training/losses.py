@@ -138,13 +138,6 @@ class DiceOptions:
     smooth: float = field(default=0.0, metadata=limits(0))
 
 
-@register_loss("dice", DiceOptions)
-def dice(options: DiceOptions, context: LossContext) -> PixelLoss:
-    from segmentation_models_pytorch.losses import DiceLoss
-
-    return DiceLoss(mode="multiclass", ignore_index=IGNORE_INDEX, smooth=options.smooth)
-
-
 @dataclass(frozen=True)
 class FocalOptions:
     """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 − p)^gamma, so that easy pixels count less."""
@@ -152,23 +145,27 @@ class FocalOptions:
     gamma: float = field(default=2.0, metadata=limits(0))
 
 
-@register_loss("focal", FocalOptions)
-def focal(options: FocalOptions, context: LossContext) -> PixelLoss:
-    from segmentation_models_pytorch.losses import FocalLoss
-
-    return FocalLoss(mode="multiclass", ignore_index=IGNORE_INDEX, gamma=options.gamma)
-
-
 @dataclass(frozen=True)
 class LovaszOptions:
     """The Lovász-softmax loss (Berman et al. 2018), a surrogate of the mean IoU, over the whole batch."""
 
 
-@register_loss("lovasz", LovaszOptions)
-def lovasz(options: LovaszOptions, context: LossContext) -> PixelLoss:
-    from segmentation_models_pytorch.losses import LovaszLoss
+def _smp(class_name: str) -> Callable[[Any, LossContext], PixelLoss]:
+    """A builder of segmentation_models_pytorch's loss `class_name` in multiclass mode, skipping void, with the
+    entry's options as its keyword arguments (the options dataclasses above name and default them as it does).
+    The library is imported when a run configures one of its losses, never otherwise."""
+    def build(options: Any, context: LossContext) -> PixelLoss:
+        from segmentation_models_pytorch import losses
 
-    return LovaszLoss(mode="multiclass", ignore_index=IGNORE_INDEX, per_image=False)
+        return getattr(losses, class_name)(mode="multiclass", ignore_index=IGNORE_INDEX,
+                                           **dataclasses.asdict(options))
+
+    return build
+
+
+register_loss("dice", DiceOptions)(_smp("DiceLoss"))
+register_loss("focal", FocalOptions)(_smp("FocalLoss"))
+register_loss("lovasz", LovaszOptions)(_smp("LovaszLoss"))  # per_image=False: smp's default, over the batch
 
 
 # --- the sum --------------------------------------------------------------------------------------------------

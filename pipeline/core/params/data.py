@@ -70,7 +70,7 @@ class SourceParams(DataParams):
     @property
     def origin(self) -> str:
         """Where the data came from, as a run's dataset source: the directory, or the archive's first URL."""
-        return source_origin(self.path, self.urls, layout.SOURCE.as_posix())
+        return source_origin(self.path, self.urls)
 
 
 @dataclass(frozen=True)

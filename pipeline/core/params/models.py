@@ -4,12 +4,11 @@ overrides the shared recipe (`pipeline.core.params.train`)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params.schema import ParamsFile, check_name
+from pipeline.core.params.schema import ParamsFile, check_name, check_sha256
 
 
 @dataclass(frozen=True)
@@ -26,8 +25,7 @@ class InitParams:
         if self.sha256 is not None:
             if self.source == "torchvision":
                 raise PipelineError("sha256: only used with a local file, not with from: torchvision; remove it")
-            if not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256):
-                raise PipelineError(f"sha256: must be 64 hexadecimal digits, got {self.sha256!r}")
+            check_sha256(self.sha256, "sha256")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 
 # The sections of params.yaml; each has its module in this package (`data` holds data, sbd, dataset and prepare).
@@ -100,10 +101,17 @@ class _Prefixed:
             raise PipelineError(f"{self.source}: {error}") from None
 
 
-def source_origin(path: str, urls: list[str], extracted: str) -> str:
+def source_origin(path: str, urls: list[str]) -> str:
     """Where a dataset's files came from, as a run records it: its own directory `path`, or, when `path` is the
-    archive's extraction (`extracted`), the archive's first URL."""
-    return path if Path(path) != Path(extracted) or not urls else urls[0]
+    archive's extraction (data/source), the archive's first URL."""
+    return path if Path(path) != layout.SOURCE or not urls else urls[0]
+
+
+def check_sha256(value: str, key: str) -> str:
+    """A pinned file's sha256: 64 hexadecimal digits (either case)."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise PipelineError(f"{key}: must be 64 hexadecimal digits, got {value!r}")
+    return value
 
 
 def check_name(name: Any, key: str) -> str:

@@ -25,5 +25,4 @@ def dataset_source(params: ParamsFile) -> str:
     """Where the dataset's files came from, for a run's record (`data.path`, or the archive's first URL), read
     without the data stages' schema: they have checked the section before any run starts."""
     data = params.raw.get("data") or {}
-    return source_origin(str(data.get("path", layout.SOURCE.as_posix())), list(data.get("urls") or []),
-                         layout.SOURCE.as_posix())
+    return source_origin(str(data.get("path", layout.SOURCE.as_posix())), list(data.get("urls") or []))
