@@ -170,7 +170,7 @@ def test_bad_model_options_are_one_line_errors_before_the_train_stage_does_any_w
 
 def test_an_unknown_architecture_or_loss_lists_what_there_is():
     with pytest.raises(PipelineError, match=r"^params.yaml: models.fcn.architecture: unknown architecture 'segformer'; "
-                                            r"must be one of deeplab, deeplabv3plus, fcn, unet$"):
+                                            r"must be one of deeplab, deeplabv3plus, fcn, smp, unet$"):
         job(with_change("models.fcn.architecture", "segformer"), "fcn")
     with pytest.raises(PipelineError, match=r"^params.yaml: train.loss\[0\].name: unknown loss 'tversky'; must be "
                                             r"one of cross_entropy, dice, focal, lovasz$"):

@@ -13,15 +13,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.core.cli import run_stage
+from pipeline.core.errors import PipelineError
 from pipeline.core.labels import NUM_CLASSES
 from pipeline.models.registry import architecture, build, names
 
 
 def measure(name: str, options: dict, height: int, width: int) -> tuple[int, float]:
-    """(parameters, FLOPs of one eval-mode forward pass of a 1×3×height×width batch)."""
-    with torch.device("meta"):
+    """(parameters, FLOPs of one eval-mode forward pass of a 1×3×height×width batch). On the CPU for a network
+    whose construction computes values (SegFormer's stochastic-depth rates): the meta device has none to give."""
+    try:
+        with torch.device("meta"):
+            model = build(name, num_classes=NUM_CLASSES, weights=False, **options).eval()
+            image = torch.empty(1, 3, height, width)
+    except (RuntimeError, NotImplementedError, PipelineError):  # smp's builder says so in one line
         model = build(name, num_classes=NUM_CLASSES, weights=False, **options).eval()
-        image = torch.empty(1, 3, height, width)
+        image = torch.zeros(1, 3, height, width)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(image)
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops()

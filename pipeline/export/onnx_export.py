@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.atomic import atomic_file
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params.export import ExportParams
 from pipeline.export.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModel
 from pipeline.prepared.transforms import normalize
@@ -39,7 +39,9 @@ def export_onnx(model: torch.nn.Module, path: Path, opset: int) -> None:
     """Write `model` (in eval mode, float32, on the CPU) to `path` as ONNX with dynamic batch, height and width."""
     for name in ("onnx_ir", "onnxscript"):  # a line per graph pass at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
-    example = torch.zeros(1, 3, *EXAMPLE_SIZE)
+    # A batch of two: torch.export specialises a dimension traced at size 1, and a network that reshapes with its
+    # batch size (SegFormer's attention) would then accept single images only.
+    example = torch.zeros(2, 3, *EXAMPLE_SIZE)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       opset_version=opset, dynamo=True, dynamic_shapes=(dims,), external_data=False,
@@ -64,8 +66,19 @@ def export_checked(model: torch.nn.Module, path: Path, params: ExportParams) -> 
     the error names the worst size and nothing is written."""
     model = model.to("cpu", torch.float32).eval()
     with atomic_file(path) as scratch:
-        export_onnx(model, scratch, params.opset)
-        rows = compare(model, OnnxModel(scratch), params.check_sizes)
+        try:
+            export_onnx(model, scratch, params.opset)
+        except Exception as error:  # noqa: BLE001 - the exporter's refusals have many types; each is this one line
+            raise PipelineError(f"{path}: not written: {type(model).__name__} does not export to ONNX with dynamic "
+                                f"sizes ({first_line(error)}); see docs/params-and-models.md for the networks that "
+                                "do") from None
+        try:
+            rows = compare(model, OnnxModel(scratch), params.check_sizes)
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors are its own types
+            raise PipelineError(f"{path}: not written: ONNX Runtime cannot run the exported graph at every size "
+                                f"({first_line(error)}); the network has an operation whose ONNX form holds for the "
+                                "traced size only (adaptive pooling: PSPNet, UPerNet): see "
+                                "docs/params-and-models.md") from None
         worst = min(rows, key=lambda row: row["agreement"])
         report = {"opset": params.opset, "bytes": scratch.stat().st_size,
                   "agreement": worst["agreement"], "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in rows),

@@ -34,13 +34,18 @@ class Architecture:
     options: type  # a frozen dataclass: the schema of `models.<key>.options`, with a `summary` for run names
     build: Builder
     load_weights: WeightsLoader | None  # None: the network has no pretrained weights to load
-    # Named option sets (the variants `tools.model_summary` lists); the first is small, and the generic tests
-    # train, export and save it.
+    # Named option sets (the variants `tools.model_summary` lists); the first `tested` are small, and the generic
+    # tests train, export and save each.
     variants: dict[str, dict[str, Any]]
-    # The attribute holding the network's backbone (what fine-tuning freezes, and what a model it starts from must
-    # mostly fit), or None for a network without one (U-Net).
+    # The submodule holding the network's backbone (a dotted path: what fine-tuning freezes, and what a model it
+    # starts from must mostly fit), or None for a network without one (U-Net).
     backbone: str | None = "backbone"
     torchvision_weights: WholeModelWeights | None = None  # where torchvision ships trained segmentation weights
+    tested: int = 1
+
+    def tested_variants(self) -> dict[str, dict[str, Any]]:
+        """The variants the generic tests run over."""
+        return dict(list(self.variants.items())[:self.tested])
 
 
 _REGISTERED: dict[str, Architecture] = {}
@@ -48,16 +53,20 @@ _REGISTERED: dict[str, Architecture] = {}
 
 def register_model(name: str, options: type, *, variants: dict[str, dict[str, Any]],
                    load_weights: WeightsLoader | None = None, backbone: str | None = "backbone",
-                   torchvision_weights: WholeModelWeights | None = None) -> Callable[[Builder], Builder]:
-    """Register the decorated builder as architecture `name` (its module's name), with its options dataclass."""
+                   torchvision_weights: WholeModelWeights | None = None, tested: int = 1
+                   ) -> Callable[[Builder], Builder]:
+    """Register the decorated builder as architecture `name` (its module's name), with its options dataclass; the
+    generic tests run over its first `tested` variants."""
     if not dataclasses.is_dataclass(options) or not hasattr(options, "summary"):
         raise TypeError(f"{name}: options must be a dataclass with a `summary` property, got {options!r}")
     if not variants:
         raise TypeError(f"{name}: list at least one variant (the first, small, is what the generic tests use)")
+    if not 1 <= tested <= len(variants):
+        raise TypeError(f"{name}: tested must count 1 to {len(variants)} of its variants, got {tested}")
 
     def register(builder: Builder) -> Builder:
         _REGISTERED[name] = Architecture(name, options, builder, load_weights, dict(variants), backbone,
-                                         torchvision_weights)
+                                         torchvision_weights, tested)
         return builder
 
     return register
@@ -103,7 +112,10 @@ def build(name: str, options: Any = None, *, num_classes: int, weights: bool = T
     elif raw_options:
         raise TypeError("give options or raw options, not both")
     spec = architecture(name, f"{where}.architecture")
-    model = spec.build(options, num_classes)
+    try:
+        model = spec.build(options, num_classes)
+    except PipelineError as error:  # the builder's refusal of these options, said where they are
+        raise PipelineError(f"{where}.{error}") from None
     zero_init_residual(model)
     if weights and spec.load_weights is not None:
         spec.load_weights(model, options, f"{where}.options")

@@ -116,6 +116,11 @@ def saved_labels(path: str | Path) -> LabelSet:
     return _labels(_read_state(Path(path), mmap=True))
 
 
+def saved_architecture(path: str | Path) -> str:
+    """The architecture of a model file alone (its weights memory-mapped, never read)."""
+    return _read_state(Path(path), mmap=True)["architecture"]
+
+
 def load_model(path: str | Path) -> torch.nn.Module:
     """The network alone of `load_saved`."""
     return load_saved(path).network

@@ -27,7 +27,7 @@ from torchvision.models import (
     WeightsEnum,
 )
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, first_line
 from pipeline.core.params.schema import check_sha256
 
 # IMAGENET1K_V1 throughout: the weights torchvision's own segmentation builders default to.
@@ -54,25 +54,25 @@ def hub_path(weights: WeightsEnum) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
 
 
-def check_source(pretrained: str, weights_sha256: str | None) -> None:
-    """The options' own check, when params.yaml is read: `pretrained` is imagenet, none or a local file, which
-    must come with its sha256 (checked, with the file's existence, when it is loaded)."""
+def check_source(pretrained: str, weights_sha256: str | None, key: str = "pretrained") -> None:
+    """The options' own check, when params.yaml is read: `pretrained` (the option `key`) is imagenet, none or a
+    local file, which must come with its sha256 (checked, with the file's existence, when it is loaded)."""
     if pretrained in ("imagenet", "none"):
         if weights_sha256 is not None:
-            raise PipelineError(f"weights_sha256: only used with a local weights file, not with pretrained: "
+            raise PipelineError(f"weights_sha256: only used with a local weights file, not with {key}: "
                                 f"{pretrained}; remove it")
     elif weights_sha256 is not None:
         check_sha256(weights_sha256, "weights_sha256")
 
 
-def _check_local(pretrained: str, sha256: str | None, where: str) -> None:
-    """The checks that need no download or hashing of a good file: a local path exists and comes with a sha256
-    (`check_source` checks the values themselves)."""
+def check_local(pretrained: str, sha256: str | None, where: str, key: str = "pretrained") -> None:
+    """The checks that need no download or hashing of a good file: a local path (the option `key`) exists and
+    comes with a sha256 (`check_source` checks the values themselves)."""
     if pretrained in ("imagenet", "none"):
         return
     path = Path(pretrained)
     if not path.is_file():
-        raise PipelineError(f"{where}.pretrained: weights file {path} not found; use imagenet or none, or fix the path")
+        raise PipelineError(f"{where}.{key}: weights file {path} not found; use imagenet or none, or fix the path")
     if sha256 is None:
         raise PipelineError(
             f"{where}.weights_sha256: required with a local weights file; "
@@ -84,7 +84,7 @@ def load_backbone(backbone: nn.Module, name: str, pretrained: str, sha256: str |
     """Load ImageNet weights of torchvision's `name` classifier into `backbone` (its feature extractor).
 
     Strict for every backbone key; the classifier's keys (`fc.*`, `classifier.*`) are ignored."""
-    _check_local(pretrained, sha256, where)
+    check_local(pretrained, sha256, where)
     if pretrained == "none":
         return
     if pretrained == "imagenet":
@@ -100,7 +100,7 @@ def load_backbone(backbone: nn.Module, name: str, pretrained: str, sha256: str |
         missing, unexpected = backbone.load_state_dict(kept, strict=False)
     except RuntimeError as error:  # a tensor of the wrong shape: weights of another network
         raise PipelineError(f"{where}.pretrained: {source} does not fit torchvision's {name}: "
-                            f"{_first_line(error)}") from None
+                            f"{first_line(error)}") from None
     if missing or unexpected:
         raise PipelineError(
             f"{where}.pretrained: {source} is not a state dict of torchvision's {name}: "
@@ -126,16 +126,16 @@ def _fetch(weights: WeightsEnum, key: str, what: str, otherwise: str) -> dict:
     except (OSError, RuntimeError, http.client.HTTPException, pickle.UnpicklingError, EOFError) as error:
         if was_cached:
             raise PipelineError(
-                f"{key}: cached weights {cached} cannot be read ({_first_line(error)}); "
+                f"{key}: cached weights {cached} cannot be read ({first_line(error)}); "
                 "delete the file so it is downloaded again"
             ) from None
         raise PipelineError(
-            f"{key}: {what} could not be downloaded ({_first_line(error)}); "
+            f"{key}: {what} could not be downloaded ({first_line(error)}); "
             f"fetch {weights.url} elsewhere and put it at {cached}, {otherwise}"
         ) from None
 
 
-def _pinned(path: Path, sha256: str | None, key: str, fix: str) -> str:
+def pinned(path: Path, sha256: str | None, key: str, fix: str) -> str:
     """The sha256 of `path`, refused in one line (`key` names the pin, `fix` ends the message) when it is pinned to
     another."""
     actual = file_sha256(path)
@@ -145,18 +145,13 @@ def _pinned(path: Path, sha256: str | None, key: str, fix: str) -> str:
 
 
 def _read_local(path: Path, sha256: str, where: str) -> object:
-    _pinned(path, sha256, f"{where}.weights_sha256", "refusing to load it (replace the file or update weights_sha256)")
+    pinned(path, sha256, f"{where}.weights_sha256", "refusing to load it (replace the file or update weights_sha256)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
         raise PipelineError(
-            f"{where}.pretrained: {path} cannot be read with torch.load(weights_only=True): {_first_line(error)}"
+            f"{where}.pretrained: {path} cannot be read with torch.load(weights_only=True): {first_line(error)}"
         ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --- starting from a trained segmentation model (`models.<name>.init`) ------------------------------------------
@@ -186,7 +181,7 @@ def load_init(model: nn.Module, source: str, sha256: str | None, *, backbone: st
         if not path.is_file():
             raise PipelineError(f"{key}: {path} not found; give a model file (models/<model>/model.pt of a trained "
                                 "model), a torchvision state dict, or torchvision")
-        digest = _pinned(path, sha256, f"{where}.init.sha256",
+        digest = pinned(path, sha256, f"{where}.init.sha256",
                          "refusing to start from it (replace the file or update the pin)")
         state, name = _state_dict_of(path, key), str(path)
     target = model.state_dict()
@@ -208,7 +203,7 @@ def _state_dict_of(path: Path, key: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a bad zip, a pickle weights_only refuses, a text file: all "not a model file"
-        raise PipelineError(f"{key}: {path} cannot be read as a model ({_first_line(error)}); give a model file "
+        raise PipelineError(f"{key}: {path} cannot be read as a model ({first_line(error)}); give a model file "
                             "of this pipeline or a torchvision state dict") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict) and "architecture" in state:
         state = state["state_dict"]  # pipeline.models.saved's model file

@@ -6,20 +6,30 @@ which MLflow runs to build the service ("models from code": no pickle).
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
-import torch
-
 from pipeline.core.params.serving import ServingParams
+from pipeline.models.saved import saved_architecture
 
 # The served model's signature: one base64 image file per request row in, one base64 palette PNG per row out.
 INPUT_COLUMN = "image"
 OUTPUT_COLUMN = "mask_png"
 PACKAGE = Path(__file__).resolve().parents[1]  # pipeline/
 ENTRY_POINT = Path(__file__).resolve().parent / "served_model.py"
+
+
+def requirements(model_file: str | Path) -> list[str]:
+    """What the served model's environment installs: the versions of the libraries that built the network here
+    (segmentation_models_pytorch and timm only for its networks), then what the entry point imports."""
+    pinned = ["torch", "torchvision", "mlflow"]
+    if saved_architecture(model_file) == "smp":
+        pinned += ["segmentation-models-pytorch", "timm"]
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in pinned] + [
+        "numpy", "pillow", "pandas"]
 
 
 def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: str | Path | None = None,
@@ -46,6 +56,5 @@ def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: 
                 code_paths=[str(code)], signature=signature,
                 model_config=dataclasses.asdict(limits or ServingParams()),
                 # Stated, not inferred: inference would load the model in a subprocess at every save.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                                  "numpy", "pillow", "pandas"])
+                pip_requirements=requirements(model_file))
     return Path(directory)

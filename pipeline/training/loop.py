@@ -182,7 +182,9 @@ def set_up(job: TrainingJob, prepared: Path, checkpoint_root: Path, device: str 
         log.info("models.%s.init: %d tensors from %s (sha256 %s), %d left as built: %s", key, loaded["loaded"],
                  loaded["from"], loaded["sha256"][:12], len(loaded["reinitialized"]),
                  ", ".join(loaded["reinitialized"][:6]) + (" …" if len(loaded["reinitialized"]) > 6 else ""))
-    backbone = getattr(net, spec.backbone) if spec.backbone else None
+    if recipe.aux_weight > 0 and not getattr(job.options, "aux_loss", False):
+        log.info("train.aux_weight %g does not apply: models.%s has no auxiliary head", recipe.aux_weight, key)
+    backbone = net.get_submodule(spec.backbone) if spec.backbone else None
     if recipe.bn_momentum is not None:
         set_batchnorm_momentum(net, recipe.bn_momentum)
     if world.distributed and policy.on_gpu:
