@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image as PILImage
 from torch.utils.data import DataLoader
@@ -117,6 +118,11 @@ class Settings:
     comparison_eval_images: int = 60  # VOC-like sizes for the evaluation comparison (CUDA only)
     compile_variants: tuple[str, ...] = ()  # rows of `variants` whose step is also timed compiled (CUDA only)
     served_variant: str = "fcn32s"  # the row of `variants` served for the load test (CPU, where mlflow is)
+    # Full-size photos through tools.predict's path in slide mode (params.yaml's window and stride), on the CPU:
+    # a phone's 12 MP and a 48 MP sensor's, with the row of `variants` that predicts them.
+    slide_photos: dict[str, tuple[int, int]] = field(default_factory=lambda: {"12MP": (3000, 4000),
+                                                                              "48MP": (6000, 8000)})
+    slide_variant: str = "fcn32s"
     serving_clients: int = 8
     serving_requests: int = 200
 
@@ -180,6 +186,14 @@ TARGETS: dict[str, dict[str, dict[str, float]]] = {
         **_per_model("comparisons/loader_over_train_step", "min", dict.fromkeys(VARIANTS, 1.0)),
         # ONNX Runtime 1.31 over PyTorch on one 375×500 image, measured 0.63, 0.81, 1.23, 0.79, 1.05 and 0.96 (2-core
         # Intel Xeon, 2026-12-04): a regression of the export's graph or of ORT's session settings shows here.
+        # Large photos in slide mode (tools.predict's work, FCN-32s, 512×512 windows every 341 px), measured on a
+        # 2-core AMD EPYC, 2026-12-08: PyTorch 30.5 s and 104 s, ONNX Runtime 26.7 s and 95.2 s for 12 and 48 MP;
+        # extra memory 694 / 1,388 MB and 1,229 / 1,394 MB. Ceilings at about twice the time and 1.5 times the memory.
+        **{f"slide/{runtime_name}/{photo}/seconds": {"max": limit} for runtime_name, limits in (
+            ("torch", {"12MP": 60, "48MP": 210}), ("onnxruntime", {"12MP": 55, "48MP": 190}))
+           for photo, limit in limits.items()},
+        **{f"slide/{runtime_name}/{photo}/peak_memory_mb": {"max": limit} for runtime_name in ("torch", "onnxruntime")
+           for photo, limit in (("12MP", 1850), ("48MP", 2100))},
         # Every answer of the load test must be tools.predict's mask; measured 5.9 requests/s while other work ran.
         "serving/load/correct_share": {"min": 1.0},
         "serving/load/requests_per_second": {"min": 2.5},
@@ -369,6 +383,54 @@ def bench_onnxruntime(name: str, settings: Settings, workdir: Path) -> dict:
             "onnxruntime": importlib.metadata.version("onnxruntime")}
 
 
+def large_photo(path: Path, height: int, width: int, seed: int) -> None:
+    """A smooth generated photo of height × width as a JPEG (quality 90), made at 1/8 of the size and scaled up,
+    so that writing it never holds more than the final image."""
+    generator = np.random.default_rng(seed)
+    small = generator.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+    PILImage.fromarray(small).resize((width, height), PILImage.Resampling.BILINEAR).save(path, quality=90)
+
+
+def bench_slide(settings: Settings, workdir: Path, *, onnx: bool) -> dict:
+    """`tools.predict`'s work on each of `slide_photos` (decode at full size, slide-mode prediction, the mask's
+    and the overlay's PNGs) with the `slide_variant` network, in PyTorch or exported and run by ONNX Runtime:
+    seconds and peak memory, the extra over the start and the whole process's."""
+    from pipeline.core.params.inference import InferenceParams
+    from pipeline.serving.predict_files import segment_files
+
+    architecture, options = settings.variants[settings.slide_variant]
+    torch.manual_seed(settings.seed)
+    model = build(architecture, num_classes=NUM_CLASSES, **options).eval()
+    if onnx:
+        from pipeline.export.onnx_export import export_onnx
+        from pipeline.export.onnx_model import OnnxModel
+
+        export_onnx(model, workdir / "slide.onnx", ExportParams().opset)
+        model = OnnxModel(workdir / "slide.onnx")
+    policy = runtime.resolve("cpu", network=model)
+    inference = InferenceParams(mode="slide")
+    rows: dict[str, Any] = {"model": settings.slide_variant, "crop_size": inference.crop_size,
+                            "stride": inference.stride}
+    for label, (height, width) in settings.slide_photos.items():
+        photo = workdir / f"{label}.jpg"
+        large_photo(photo, height, width, settings.seed)
+        with _PeakMemory(torch.device("cpu")) as memory:
+            started = time.perf_counter()
+            failures = segment_files(model, [photo], workdir / "slide", policy, labels=VOC_LABELS,
+                                     max_pixels=height * width, inference=inference)
+            seconds = time.perf_counter() - started
+        if failures:
+            raise RuntimeError(f"slide bench: {failures}")
+        with PILImage.open(workdir / "slide" / f"{label}.png") as mask:
+            if mask.size != (width, height):
+                raise RuntimeError(f"slide bench: a {mask.size} mask for a {width}×{height} photo")
+        process_peak = _proc_status_kb("VmHWM") / 1024 if Path("/proc/self/status").exists() else None
+        rows[label] = {"size": [height, width], "seconds": _round(seconds), **memory.result,
+                       "process_peak_memory_mb": _round(process_peak) if process_peak else None}
+        photo.unlink()
+    return rows
+
+
 def bench_serving(workdir: Path, settings: Settings) -> dict:
     """`mlflow models serve` of a served model directory (`save_served_model`, the default `serving` limits) on a
     free loopback port, loaded by `serving_clients` threads with `serving_requests` one-row requests of VOC-sized
@@ -442,6 +504,11 @@ def run(workdir: Path, device: torch.device, settings: Settings | None = None) -
             log.info("onnxruntime %s: %s img/s", name, results["onnxruntime"][name]["images_per_second"])
         ratios["onnxruntime_over_pytorch"] = {name: row["images_per_second"] / results["evaluate"][name][
             "images_per_second"] for name, row in results["onnxruntime"].items()}
+    if device.type == "cpu":
+        results["slide"] = {"torch": bench_slide(settings, workdir, onnx=False)}
+        if onnxruntime_available():
+            results["slide"]["onnxruntime"] = bench_slide(settings, workdir, onnx=True)
+        log.info("slide: %s", results["slide"])
     if device.type == "cpu" and importlib.util.find_spec("mlflow") is not None:  # the GPU machines have no mlflow
         results["serving"] = {"load": bench_serving(workdir, settings)}
         log.info("serving: %s", results["serving"]["load"])
@@ -556,6 +623,21 @@ def markdown(results: dict, targets: dict[str, dict[str, float]]) -> str:
         for name, row in results["onnxruntime"].items():
             out.append(f"| {name} | {row['images_per_second']:.2f} | {row['median_image_seconds']:.3f} | "
                        f"{results['evaluate'][name]['images_per_second']:.2f} | {row['export_seconds']:.1f} |")
+    if results.get("slide"):
+        first = results["slide"]["torch"]
+        out += ["", f"**large photos in slide mode**: `tools.predict`'s work (full-size decode, {first['model']} over "
+                f"{first['crop_size'][0]}×{first['crop_size'][1]} windows every {first['stride'][0]} px, the mask's "
+                f"and the overlay's PNGs), untrained weights ({host})", "",
+                "| runtime | photo | seconds | peak memory (MB) | process peak (MB) | target s | target process MB |",
+                "|---|---|---:|---:|---:|---|---|"]
+        for runtime_name, rows in results["slide"].items():
+            for label, row in rows.items():
+                if isinstance(row, dict):
+                    out.append(f"| {runtime_name} | {label} ({row['size'][1]}×{row['size'][0]}) | "
+                               f"{row['seconds']:.1f} | {row['peak_memory_mb']:.0f} | "
+                               f"{row['process_peak_memory_mb'] or 0:.0f} | "
+                               f"{target(f'slide/{runtime_name}/{label}/seconds')} | "
+                               f"{target(f'slide/{runtime_name}/{label}/process_peak_memory_mb')} |")
     if results.get("serving"):
         row = results["serving"]["load"]
         out += ["", f"**served model under load**: `mlflow models serve` of {row['model']} (untrained weights, "

@@ -5,10 +5,11 @@ this writes.
 A stage depends on exactly the project modules its command imports, lazy imports included. Two registries import
 their components by name, on demand: the stages that build a network (train, export, evaluate) import the model
 registry, which imports the model's architecture; extract and prepare import the dataset layouts' registry, which
-imports the dataset's layout. Such a stage depends on the one component DVC names for it
-(`pipeline/models/architectures/${item.architecture}.py`, `pipeline/ingest/layouts/${dataset.layout}.py`) plus the
-modules any component of that registry imports beside the stage's own (shared layers, backbone weights, archive
-readers), so an edit of one network's (or layout's) file makes only its own stages stale.
+imports the dataset's layout. A model's stage depends on the one architecture DVC names for it
+(`pipeline/models/architectures/${item.architecture}.py`) plus the modules any architecture imports beside its own
+(shared layers, backbone weights), so an edit of one network's file makes only its own stages stale. extract and
+prepare depend on every layout: a `dataset` section may be `{preset: cityscapes}` alone, which names no layout for
+dvc.yaml to interpolate.
 """
 
 from __future__ import annotations
@@ -27,17 +28,19 @@ PACKAGES = ("pipeline", "stages")
 @dataclass(frozen=True)
 class Registry:
     """Components imported by name from `package` when `registry` (a module) is imported; `per_stage` is the dep
-    DVC fills in with a stage's own component."""
+    DVC fills in with a stage's own component, or None where a stage depends on every component (and what they
+    import)."""
 
     registry: str
     package: str
-    per_stage: str
+    per_stage: str | None
 
 
 MODELS = Registry("pipeline/models/registry.py", "pipeline/models/architectures",
                   "pipeline/models/architectures/${item.architecture}.py")  # per model, in a foreach stage
-LAYOUTS = Registry("pipeline/ingest/layouts/__init__.py", "pipeline/ingest/layouts",
-                   "pipeline/ingest/layouts/${dataset.layout}.py")  # params.yaml's dataset.layout
+# Every layout: a `dataset` section may hold only `preset`, so dvc.yaml cannot interpolate `${dataset.layout}`
+# (DVC refuses a missing key); a layout's edit re-prepares, and identical prepared data reruns nothing after.
+LAYOUTS = Registry("pipeline/ingest/layouts/__init__.py", "pipeline/ingest/layouts", None)
 REGISTRIES = (MODELS, LAYOUTS)
 
 
@@ -110,7 +113,8 @@ def stage_code(module: str, repo: Path = REPO) -> list[str]:
     deps = code_closure(module, repo)
     for registry in REGISTRIES:
         if registry.registry in deps:
-            deps |= shared_by(registry, repo) | {registry.per_stage}
+            deps |= shared_by(registry, repo)
+            deps |= {registry.per_stage} if registry.per_stage else set(component_files(registry, repo).values())
     return sorted(deps)
 
 

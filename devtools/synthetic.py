@@ -173,6 +173,63 @@ def write_folders_dataset(root: str | Path, *, seed: int = 2, n_images: int = 48
     return splits
 
 
+# Cityscapes' label ids that are no train id, as its masks hold them: unlabeled, ego vehicle, static, ground,
+# guard rail, polegroup, caravan, license plate (stored as 255).
+CITYSCAPES_IGNORED_IDS = (0, 1, 4, 6, 14, 18, 29, 255)
+
+
+def write_cityscapes_tree(root: str | Path, *, seed: int = 5, cities: dict[str, tuple[str, ...]] | None = None,
+                          per_city: int = 2, size: tuple[int, int] = (64, 128)) -> dict[str, np.ndarray]:
+    """Write a Cityscapes-shaped directory to `root`: `leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit
+    .png` and, beside each in `gtFine/`, `_gtFine_labelIds.png` (random label ids, train ids' and others'), plus
+    the `_gtFine_color.png` and `_gtFine_instanceIds.png` a real download has (which must be skipped). Returns each
+    image id's label ids, to compare with what prepare makes of them."""
+    from pipeline.core.presets import CITYSCAPES
+
+    root, rng = Path(root), np.random.default_rng(seed)
+    cities = cities or {"train": ("aachen", "bremen"), "val": ("frankfurt",)}
+    label_ids = np.array([label_id for _, label_id, _ in CITYSCAPES] + list(CITYSCAPES_IGNORED_IDS), dtype=np.uint8)
+    written = {}
+    for split, names in cities.items():
+        for city in names:
+            for frame in range(per_city):
+                image_id = f"{city}_{frame:06d}_{19 + frame:06d}"
+                blocks = rng.choice(label_ids, size=(size[0] // 16, size[1] // 16))
+                labels = blocks.repeat(16, axis=0).repeat(16, axis=1)
+                image = (rng.random((*size, 3)) * 255).astype(np.uint8)
+                for folder, suffix, pixels in (("leftImg8bit", "_leftImg8bit.png", image),
+                                               ("gtFine", "_gtFine_labelIds.png", labels),
+                                               ("gtFine", "_gtFine_instanceIds.png", (labels.astype(np.uint16) * 100)),
+                                               ("gtFine", "_gtFine_color.png", image)):
+                    directory = root / folder / split / city
+                    directory.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(pixels).save(directory / f"{image_id}{suffix}")
+                written[image_id] = labels
+    return written
+
+
+def write_ade20k_tree(root: str | Path, *, seed: int = 6, n_train: int = 4, n_val: int = 2,
+                      size: tuple[int, int] = (48, 80)) -> dict[str, np.ndarray]:
+    """Write an ADE20K-shaped directory to `root`: `ADEChallengeData2016/images/{training,validation}/ADE_*.jpg`
+    and `annotations/.../ADE_*.png` (single channel, 0 "other" and the classes 1..150), with `objectInfo150.txt`.
+    Returns each image id's stored values."""
+    root, rng = Path(root) / "ADEChallengeData2016", np.random.default_rng(seed)
+    written = {}
+    for folder, prefix, count in (("training", "ADE_train", n_train), ("validation", "ADE_val", n_val)):
+        for directory in ("images", "annotations"):
+            (root / directory / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(1, count + 1):
+            image_id = f"{prefix}_{i:08d}"
+            values = rng.integers(0, 151, size=(size[0] // 8, size[1] // 8)).astype(np.uint8)
+            values = values.repeat(8, axis=0).repeat(8, axis=1)
+            (root / "images" / folder / f"{image_id}.jpg").write_bytes(
+                _encode_jpeg((rng.random((*size, 3)) * 255).astype(np.uint8)))
+            Image.fromarray(values).save(root / "annotations" / folder / f"{image_id}.png")
+            written[image_id] = values
+    (root / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n1\t0.1576\t11664\t1172\twall\n")
+    return written
+
+
 def write_sbd_tgz(path: str | Path, voc_tar: str | Path, *, seed: int = 1, n_train: int = 40, n_val: int = 20,
                   overlap: int = 4, min_size: int = 96, max_size: int = 160) -> str:
     """Write an SBD-layout `benchmark.tgz` that goes with the generated VOC tar `voc_tar`, atomically, and return its

@@ -17,6 +17,7 @@ from pipeline.core.atomic import write_json, write_text
 from pipeline.core.cli import add_model_path_options, model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
 from pipeline.core.params.evaluate import EvaluateParams
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.params.schema import ParamsFile
 from pipeline.core.params.serving import ServingParams
 from pipeline.core.params.tracking import tracking_params
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     params = ParamsFile.read(args.params)
     key = params.model_key(args.model)
     settings, limits = params.section("evaluate", EvaluateParams), params.section("serving", ServingParams)
+    inference = params.section("inference", InferenceParams)
     experiment = tracking_params(params).experiment
     paths = model_paths_from(args, key)
     model, labels = load_saved(paths.model_file)
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                             f"train@{key})")
     policy = runtime.resolve(args.device, network=model)
     result = evaluate_split(policy.place_model(model), val, policy, paths.predictions,
-                            flip=settings.flip, scales=settings.scales, batch_size=settings.batch_size)
+                            inference=inference, batch_size=settings.batch_size)
 
     write_json(paths.metrics, result.metrics)
     write_json(paths.speed, result.speed)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("%s not found: the served model carries no ONNX export (python -m stages.export --model %s "
                     "writes it)", paths.onnx_file, key)
     tracker.log_model(paths.model_file, functools.partial(save_served_model, onnx_file=onnx_file,
-                                                         limits=limits))
+                                                         limits=limits, inference=inference))
     name = registered_name(key, params.dataset_name())
     version = tracker.register_model(name,
                                      version_tags(result.metrics["miou"], provenance_tags(str(args.prepared))))

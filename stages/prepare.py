@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     with params_file.naming_errors():
         dataset_layout(params.dataset)  # the layout's own keys, checked before any work
     stats = prepare(args.source or Path(params.data.path), args.out, dataset=params.dataset,
-                    workers=params.prepare.workers, train_set=params.prepare.train_set, sbd_root=args.sbd,
+                    workers=params.prepare.workers, train_set=params.train_set, sbd_root=args.sbd,
                     seed=params.prepare.seed)
     write_json(args.metrics, stats)
     for split, split_stats in stats.items():

@@ -37,10 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = data_sections(ParamsFile.read(args.params))
-    if params.prepare.train_set != "trainaug":
+    if params.train_set != "trainaug":
         with atomic_dir(args.out):
             pass
-        log.info("prepare.train_set is %s: SBD is not needed, %s left empty", params.prepare.train_set, args.out)
+        log.info("the training set is %s: SBD is not needed, %s left empty", params.train_set, args.out)
         return
     sbd = params.sbd
     fetch(sbd.urls, args.tgz, md5=sbd.md5, size=sbd.size, timeout_s=sbd.timeout_s, retries=sbd.retries,

@@ -15,7 +15,7 @@ from pipeline.prepared.dataset import PreparedSplit
 TINY = bench.Settings(images=6, image_size=(40, 56), loader_workers=(0, 2), loader_budget_s=0.0, crop_size=(32, 32),
                       batch_size=2, warmup_steps=1, min_steps=1, max_steps=1, budget_s=0.0, eval_size=(40, 48),
                       eval_warmup=0, variants={"unet-4": ("unet", {"width": 4})}, served_variant="unet-4",
-                      serving_requests=16)
+                      serving_requests=16, slide_photos={"small": (600, 700)}, slide_variant="unet-4")
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +35,14 @@ def test_results_have_every_measurement(results):
     assert train["images_per_second"] > 0 and not train["amp"] and train["channels_last"]
     assert evaluate["images"] == 1 and evaluate["size"] == [40, 48] and evaluate["images_per_second"] > 0
     assert train["peak_memory_mb"] >= 0 and evaluate["memory_method"]
+    for runtime_name in ("torch", "onnxruntime"):
+        row = results["slide"][runtime_name]["small"]
+        assert row["size"] == [600, 700] and row["seconds"] > 0 and row["process_peak_memory_mb"] > 0
     json.dumps(results, allow_nan=False)  # plain data, as written to bench/results.json
 
     table = bench.markdown(results, {"loader/workers=0/samples_per_second": {"min": 500}})
     assert "| unet-4 |" in table and "≥ 500" in table and torch.__version__ in table
+    assert "| onnxruntime | small (700×600) |" in table
 
 
 def test_check_flags_a_planted_slow_number_and_a_missing_one(results):
@@ -77,6 +81,8 @@ def test_every_target_names_a_measured_metric():
             section, key, *name = path.split("/")
             if section == "comparisons":
                 assert (name[0] if name else None) in cases[key], path
+            elif section == "slide":  # slide/<runtime>/<photo>/<metric>
+                assert key in {"torch", "onnxruntime"} and name[0] in bench.CPU.slide_photos and len(name) == 2, path
             else:
                 assert key in keys[section] and len(name) == 1, path
             assert target and set(target) <= {"min", "max"}, path

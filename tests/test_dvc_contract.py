@@ -36,7 +36,7 @@ def rendered_stages() -> dict[str, dict]:
     for name, stage in definition["stages"].items():
         if "foreach" not in stage:
             text = yaml.safe_dump(stage).replace("${data.path}", PARAMS["data"]["path"])
-            stages[name] = yaml.safe_load(text.replace("${dataset.layout}", PARAMS["dataset"]["layout"]))
+            stages[name] = yaml.safe_load(text)
             continue
         for key, entry in PARAMS["models"].items():
             text = yaml.safe_dump(stage["do"]).replace("${key}", key)
@@ -58,13 +58,13 @@ def test_dvc_yaml_is_what_make_deps_writes():
 
 def runs(name: str) -> set[str]:
     """Every project file stage `name` runs: its command's imports, its model's architecture if it builds one, and
-    the dataset's layout if it reads one."""
+    every layout if it reads one (a preset chooses the layout, which dvc.yaml cannot name)."""
     module = shlex.split(STAGES[name]["cmd"])[2]  # python -m <module> ...
     closure = code_closure(module)
     if MODELS.registry in closure:
         closure |= component_closure(MODELS, PARAMS["models"][name.split("@")[1]]["architecture"])
     if LAYOUTS.registry in closure:
-        closure |= component_closure(LAYOUTS, PARAMS["dataset"]["layout"])
+        closure |= set().union(*(component_closure(LAYOUTS, name) for name in component_files(LAYOUTS)))
     return closure
 
 
@@ -75,8 +75,8 @@ def test_code_deps_hold_what_the_stage_runs_and_other_components_never(name):
     assert not needed - listed, f"{name}: dvc.yaml misses deps {sorted(needed - listed)}"
     extra = listed - needed
     # Beyond what it runs, a stage may list only modules that other components of its registries share (never
-    # another architecture's or layout's own file): shared code reruns all.
-    others = set(component_files(MODELS).values()) | set(component_files(LAYOUTS).values())
+    # another architecture's own file): shared code reruns all.
+    others = set(component_files(MODELS).values())
     assert not extra & others, f"{name}: depends on {sorted(extra & others)}"
     shared = shared_by(MODELS) | shared_by(LAYOUTS)
     assert extra <= shared, f"{name}: dvc.yaml lists deps the stage never imports {sorted(extra - shared)}"

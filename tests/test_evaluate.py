@@ -7,6 +7,7 @@ import math
 import torch
 
 from pipeline.core.labels import CLASSES, VOC_LABELS
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.runtime import resolve
 from pipeline.evaluation.evaluate import confusion_rows, evaluate, per_class_rows, report, same_size_batches
 from pipeline.evaluation.metrics import scores_from_confusion
@@ -32,13 +33,13 @@ def test_prediction_is_a_full_resolution_class_map():
 def test_flip_tta_of_a_flip_equivariant_model_changes_nothing():
     image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
     model = pointwise_model()
-    assert torch.equal(predict(model, image, CPU, flip=True), predict(model, image, CPU))
-    assert torch.equal(predict(model, image, CPU, scales=[1.0, 1.0]), predict(model, image, CPU))
+    assert torch.equal(predict(model, image, CPU, InferenceParams(flip=True)), predict(model, image, CPU))
+    assert torch.equal(predict(model, image, CPU, InferenceParams(scales=[1.0, 1.0])), predict(model, image, CPU))
 
 
 def test_multi_scale_tta_returns_the_input_size():
     image = torch.randint(0, 256, (3, 33, 47), dtype=torch.uint8)
-    assert predict(pointwise_model(), image, CPU, flip=True, scales=[0.5, 0.75, 1.5]).shape == (33, 47)
+    assert predict(pointwise_model(), image, CPU, InferenceParams(flip=True, scales=[0.5, 0.75, 1.5])).shape == (33, 47)
 
 
 def test_report_writes_absent_classes_as_null_and_says_why():
@@ -123,7 +124,7 @@ def test_batched_evaluation_gives_each_image_its_own_prediction_and_the_same_sco
 def test_a_batch_with_test_time_augmentation_predicts_each_image_as_alone():
     images = torch.randint(0, 256, (3, 3, 24, 36), dtype=torch.uint8)
     model = OneByOne().eval()
-    batched = predict_batch(model, images, CPU, flip=True, scales=[0.5, 1.0, 1.5])
+    batched = predict_batch(model, images, CPU, InferenceParams(flip=True, scales=[0.5, 1.0, 1.5]))
     assert batched.shape == (3, 24, 36)
     for image, prediction in zip(images, batched):
-        assert torch.equal(prediction, predict(model, image, CPU, flip=True, scales=[0.5, 1.0, 1.5]))
+        assert torch.equal(prediction, predict(model, image, CPU, InferenceParams(flip=True, scales=[0.5, 1.0, 1.5])))

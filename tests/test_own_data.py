@@ -82,7 +82,7 @@ def params_with(**dataset_changes) -> dict:
     ({"val_fraction": 0.2}, r"dataset\.splits, val_fraction: the folders layout needs exactly one"),
     ({"splits": {"train": "a.txt", "test": "b.txt"}}, r"dataset\.splits: must name the files of train and val"),
     ({"layout": "voc"}, r"dataset\.splits, val_fraction: the voc layout reads its splits"),
-    ({"layout": "cityscapes"}, r"dataset\.layout: unknown layout 'cityscapes'; must be one of folders, voc"),
+    ({"layout": "kitti"}, r"dataset\.layout: unknown layout 'kitti'; must be one of ade20k, cityscapes, folders, voc"),
     ({"name": "my data"}, r"dataset\.name: must be letters, digits"),
 ])
 def test_a_bad_dataset_section_is_one_line_naming_the_key(changes, message):
@@ -92,13 +92,13 @@ def test_a_bad_dataset_section_is_one_line_naming_the_key(changes, message):
 
 
 def test_every_layout_module_registers_itself_and_imports_no_other():
-    """A layout is one module of pipeline/ingest/layouts/: the extract and prepare stages depend on the dataset's
-    own (dvc.yaml's `${dataset.layout}`), so one layout's edit never re-extracts or re-prepares another's data."""
+    """A layout is one module of pipeline/ingest/layouts/, imported by name, and none imports another: what they
+    share lives in shared modules (archive.py, pairing.py, splits.py)."""
     from devtools.deps import LAYOUTS, component_closure, component_files
     from pipeline.ingest.layouts import names
 
     files = component_files(LAYOUTS)
-    assert names() == sorted(files) == ["folders", "voc"]
+    assert names() == sorted(files) == ["ade20k", "cityscapes", "folders", "voc"]
     for name in names():
         assert dataset_layout(DatasetParams(layout=name, **({"val_fraction": 0.5} if name == "folders" else {}))
                               ).name == name

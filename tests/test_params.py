@@ -100,7 +100,11 @@ def test_the_codes_defaults_are_the_committed_files_values_and_it_lists_every_ke
     ("models.unet.train", {"lr": 0}, "models.unet.train.lr: must be > 0, got 0"),
     ("models.unet.train", {"epoch": 3}, "models.unet.train.epoch: unknown key"),
     ("render.ids", [2007000033], "render.ids[0]: must be a non-empty string, got 2007000033"),
-    ("evaluate.scales", [1.0, -0.5], "evaluate.scales: must be a non-empty list of positive numbers"),
+    ("inference.scales", [1.0, -0.5], "inference.scales: must be a non-empty list of positive numbers"),
+    ("inference.mode", "sliding", "inference.mode: must be one of"),
+    ("inference.crop_size", [512], "inference.crop_size: must be [height, width], two positive integers"),
+    ("inference.stride", [600, 300], "inference.stride: [600, 300] is larger than crop_size [512, 512]"),
+    ("evaluate.flip", True, "evaluate.flip: moved to inference.flip; move it there"),
 ])
 def test_each_bad_value_gives_its_one_line_error(path, value, message):
     with pytest.raises(PipelineError) as error:

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.core import runtime
 from pipeline.core.cli import model_paths_from, run_stage
 from pipeline.core.errors import PipelineError
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.params.serving import ServingParams
 from pipeline.core.params.whole import load
 from pipeline.export.onnx_model import OnnxModel
@@ -48,6 +49,7 @@ def main() -> int:
     # --model-uri needs no checkout: without a params file, the default limits.
     params = load(args.params) if args.model or Path(args.params).is_file() else None
     max_pixels = (params.serving if params else ServingParams()).max_pixels
+    inference = params.inference if params else InferenceParams()
     with tempfile.TemporaryDirectory() as downloaded:
         if args.model_uri:
             model_file = download_logged_model(args.model_uri, downloaded)
@@ -68,7 +70,7 @@ def main() -> int:
             model, labels = OnnxModel(onnx_file, device), saved_labels(model_file)
     policy = runtime.resolve(device, network=model)
     failures = segment_files(policy.place_model(model).eval(), paths, Path(args.out), policy,
-                             max_pixels=max_pixels, labels=labels)
+                             max_pixels=max_pixels, labels=labels, inference=inference)
     print(f"{len(paths) - len(failures)} of {len(paths)} images segmented into {args.out}")
     if failures:
         raise PipelineError(f"{len(failures)} file(s) could not be read: {'; '.join(failures)}")

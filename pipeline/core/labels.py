@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.core.voc_classes import CLASSES
+from pipeline.core.voc_classes import CLASSES, colour
 
 NUM_CLASSES = len(CLASSES)
 # VOC draws a 'void' band around every object and over ambiguous regions; it is excluded from the loss and
@@ -20,17 +20,7 @@ IGNORE_INDEX = 255
 
 def palette() -> np.ndarray:
     """The standard 256-entry VOC colour map as a 256×3 uint8 array (bit-interleaved class index)."""
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours[index] = (r, g, b)
-    return colours
+    return np.array([colour(index) for index in range(256)], dtype=np.uint8)
 
 
 Color = tuple[int, int, int]

@@ -8,22 +8,23 @@ docs/performance.md), so it is opt-in (`evaluate.batch_size`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.core.atomic import atomic_dir
 from pipeline.core.labels import LabelSet, label_png
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.progress import Progress
 from pipeline.core.runtime import Runtime
 from pipeline.evaluation.metrics import ConfusionMatrix
-from pipeline.evaluation.predict import predict_batch
+from pipeline.evaluation.predict import WHOLE, predict_batch
 
 
-@dataclass
+@dataclasses.dataclass
 class EvaluationRun:
     confusion: ConfusionMatrix
     images: int
@@ -50,8 +51,7 @@ def evaluate(
     runtime: Runtime,
     *,
     indices: Iterable[int] | None = None,
-    flip: bool = False,
-    scales: Iterable[float] = (1.0,),
+    inference: InferenceParams = WHOLE,
     on_prediction: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     progress: bool = False,
     batch_size: int = 1,
@@ -65,13 +65,12 @@ def evaluate(
     model.eval()
     confusion = ConfusionMatrix(dataset_labels(dataset, labels).num_classes, device=runtime.device)
     indices = list(range(len(dataset)) if indices is None else indices)
-    scales = list(scales)
     start = time.perf_counter()
     with runtime.without_autotuning(), Progress(len(indices), desc="evaluate", unit="images",
                                                 enabled=progress) as bar:
         for batch in same_size_batches(dataset, indices, batch_size):
             images, labels = _load(dataset, batch, runtime)
-            predictions = predict_batch(model, images, runtime, flip=flip, scales=scales)
+            predictions = predict_batch(model, images, runtime, inference)
             confusion.update(predictions, labels)
             if on_prediction is not None:
                 for index, prediction, label in zip(batch, predictions, labels):
@@ -107,7 +106,7 @@ def _load(dataset, batch: list[int], runtime: Runtime) -> tuple[torch.Tensor, to
             labels.to(runtime.device, non_blocking=True).long())
 
 
-@dataclass
+@dataclasses.dataclass
 class EvaluationReport:
     """Everything the evaluate stage writes: `metrics` (compared by CI), `speed` (varies run to run, kept apart),
     the per-class and confusion rows for DVC plots, and the raw confusion matrix."""
@@ -119,10 +118,11 @@ class EvaluationReport:
     matrix: torch.Tensor
 
 
-def evaluate_split(model: torch.nn.Module, dataset, runtime: Runtime, predictions_dir: Path, *, flip: bool = False,
-                   scales: Iterable[float] = (1.0,), batch_size: int = 1) -> EvaluationReport:
+def evaluate_split(model: torch.nn.Module, dataset, runtime: Runtime, predictions_dir: Path, *,
+                   inference: InferenceParams = WHOLE, batch_size: int = 1) -> EvaluationReport:
     """Evaluate `model` on all of `dataset`, writing each prediction as `<id>.png` (palette PNG in the dataset's
-    colours) into `predictions_dir`, which is replaced as a whole once every image is done."""
+    colours) into `predictions_dir`, which is replaced as a whole once every image is done. The metrics record
+    the inference settings they were measured with."""
     labels = dataset_labels(dataset)
     if runtime.on_gpu:
         torch.cuda.reset_peak_memory_stats(runtime.device)
@@ -130,11 +130,12 @@ def evaluate_split(model: torch.nn.Module, dataset, runtime: Runtime, prediction
         def save(index, prediction, _label):
             label_png(prediction.to(torch.uint8).cpu().numpy(), labels).save(out / f"{dataset.ids[index]}.png")
 
-        run = evaluate(model, dataset, runtime, flip=flip, scales=scales, on_prediction=save, batch_size=batch_size)
+        run = evaluate(model, dataset, runtime, inference=inference, on_prediction=save, batch_size=batch_size)
     scores = run.confusion.compute(labels.classes)
     speed = {"images_per_second": round(run.images_per_second, 2), "peak_memory_mb": round(runtime.peak_memory_mb(), 1),
              "device": str(runtime.device), "images": run.images, "batch_size": batch_size}
-    return EvaluationReport(metrics=report(scores), speed=speed, per_class=per_class_rows(scores),
+    metrics = {**report(scores), "inference": dataclasses.asdict(inference)}
+    return EvaluationReport(metrics=metrics, speed=speed, per_class=per_class_rows(scores),
                             confusion=confusion_rows(run.confusion.matrix, labels.classes), matrix=run.confusion.matrix)
 
 

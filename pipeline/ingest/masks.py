@@ -26,6 +26,18 @@ class MaskReader:
     ignore_index: int = IGNORE_INDEX
     colors: tuple[Color, ...] = ()
     ignore_color: Color | None = None
+    # {stored value: class index} for masks that store other values (Cityscapes' label ids, ADE20K's 1..150);
+    # every value it does not list is ignored. None: the value is the class (`dataset.value_map()`).
+    value_map: tuple[tuple[int, int], ...] | None = None
+
+    def table(self) -> np.ndarray | None:
+        """The 256-entry lookup of `value_map` (IGNORE_INDEX where a value is not listed), or None."""
+        if self.value_map is None:
+            return None
+        table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for value, index in self.value_map:
+            table[value] = index
+        return table
 
     def check_mode(self, path: str, mode: str) -> None:
         """Refuse a mask from its header alone when its mode is not one this reader decodes."""
@@ -34,16 +46,25 @@ class MaskReader:
                                 "class), a single-channel PNG ('L', the value is the class) or an RGB PNG of the "
                                 "colours in dataset.colors")
 
-    def read(self, path: str, image: Image.Image) -> np.ndarray:
+    def read(self, path: str, image: Image.Image, stored: np.ndarray | None = None) -> np.ndarray:
         """H×W uint8 class indices of the opened mask `image` read from `path` (for messages), IGNORE_INDEX where
-        ignored."""
+        ignored; with a `value_map`, `stored` (256 counts) gains the count of each value as stored."""
         self.check_mode(path, image.mode)
         if image.mode in COLOR_MODES:
+            if self.value_map is not None:
+                raise PipelineError(f"{path}: an RGB colour mask, but dataset.label_map or reduce_zero_label maps "
+                                    "stored values; give single-channel or palette masks, or drop the mapping")
             return self._from_colors(path, np.asarray(image))
-        return self.read_values(path, np.asarray(image))
+        return self.read_values(path, np.asarray(image), stored)
 
-    def read_values(self, path: str, values: np.ndarray) -> np.ndarray:
-        """Class indices as stored (a palette or single-channel mask, an SBD label), checked; ignored → IGNORE_INDEX."""
+    def read_values(self, path: str, values: np.ndarray, stored: np.ndarray | None = None) -> np.ndarray:
+        """Class indices as stored (a palette or single-channel mask, an SBD label), checked; ignored → IGNORE_INDEX.
+        With a `value_map`, mapped (every value is valid), and the stored values counted into `stored`."""
+        table = self.table()
+        if table is not None:
+            if stored is not None:
+                stored += np.bincount(values.ravel(), minlength=256)
+            return table[values]
         counts = np.bincount(values.ravel(), minlength=256)
         counts[self.ignore_index] = 0
         bad = np.flatnonzero(counts[self.num_classes:]) + self.num_classes

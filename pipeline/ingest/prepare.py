@@ -67,8 +67,10 @@ def prepare(source_root: str | os.PathLike, out_dir: str | os.PathLike, *, datas
     ignore_color = dataset.ignore_color
     if ignore_color is None and dataset.colors is None:  # VOC's palette: void is drawn in its colour of 255
         ignore_color = labels.palette()[IGNORE_INDEX].tolist()
+    value_map = dataset.value_map()
     masks = MaskReader(labels.num_classes, dataset.ignore_index, labels.colors,
-                       tuple(ignore_color) if ignore_color is not None else None)
+                       tuple(ignore_color) if ignore_color is not None else None,
+                       tuple(sorted(value_map.items())) if value_map is not None else None)
     reading = Reading(masks, fix)
     scanned = {split: _scan_split(pairs[split], reading) for split in SPLITS}
     need = sum(4 * _pixel_count(samples) for samples in scanned.values())  # 3 bytes of image + 1 of label a pixel
@@ -137,17 +139,20 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
     for path, size in ((images_npy, 3 * offset), (labels_npy, offset)):
         _allocate(path, size, need)
     chunks = [samples[i:i + CHUNK] for i in range(0, len(samples), CHUNK)]
-    histogram = np.zeros(256, dtype=np.int64)
+    histogram, stored = np.zeros(256, dtype=np.int64), np.zeros(256, dtype=np.int64)
     with Progress(len(samples), desc=f"prepare {split}", unit="images", enabled=progress, logger=log) as bar:
         if pool is None:
             for chunk in chunks:
-                histogram += _decode_chunk(str(images_npy), str(labels_npy), chunk, reading)
+                counted = _decode_chunk(str(images_npy), str(labels_npy), chunk, reading)
+                histogram += counted[0]
+                stored += counted[1]
                 bar.update(len(chunk))
         else:
             futures = {pool.submit(_decode_chunk, str(images_npy), str(labels_npy), chunk, reading): len(chunk)
                        for chunk in chunks}
             for future in as_completed(futures):
-                histogram += future.result()
+                histogram += future.result()[0]
+                stored += future.result()[1]
                 bar.update(futures[future])
 
     heights = [s[3] for s in samples]
@@ -159,6 +164,9 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
         "class_pixels": class_pixels,
     })
     void = int(histogram[IGNORE_INDEX])
+    table = reading.masks.table()
+    mapped_away = {} if table is None else {  # stored values the mapping ignores (Cityscapes' non-train label ids)
+        str(value): int(stored[value]) for value in range(256) if table[value] == IGNORE_INDEX and stored[value]}
     return {
         "images": len(ids),
         "pixels": offset,
@@ -167,6 +175,8 @@ def _prepare_split(split: str, ids: list[str], samples: list[Sample], out: Path,
         "class_weights_auto": dict(zip(labels.classes, (round(w, 6) for w in class_weights(class_pixels)))),
         "void_pixels": void,
         "void_fraction": void / offset,
+        **({"ignored_by_label_map": {"pixels": sum(mapped_away.values()), "by_value": mapped_away}}
+           if table is not None else {}),
         "height": {"min": min(heights), "max": max(heights)},
         "width": {"min": min(widths), "max": max(widths)},
         "sha256": _sha256(out / INDEX, images_npy, labels_npy),
@@ -203,14 +213,16 @@ def _open(path: Path, reading: Reading) -> Image.Image:
         raise PipelineError(f"{path}: cannot be read ({error.strerror or error}); {reading.fix}") from None
 
 
-def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample], reading: Reading) -> np.ndarray:
-    """Decode, check and write one chunk of samples into the arrays; returns the label-value histogram.
-    Runs in a worker process, so it opens the arrays itself and each worker writes only its own slices."""
+def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample], reading: Reading
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode, check and write one chunk of samples into the arrays; returns the histograms of the class indices
+    written and of the masks' values as stored (counted only under a value mapping). Runs in a worker process, so
+    it opens the arrays itself and each worker writes only its own slices."""
     images = np.load(images_npy, mmap_mode="r+")
     labels = np.load(labels_npy, mmap_mode="r+")
-    histogram = np.zeros(256, dtype=np.int64)
+    histogram, stored = np.zeros(256, dtype=np.int64), np.zeros(256, dtype=np.int64)
     for image_path, label_path, offset, height, width in chunk:
-        label = _label(label_path, reading)
+        label = _label(label_path, reading, stored)
         image = _image(image_path, reading)
         if label.shape != (height, width):
             raise PipelineError(f"{label_path}: label is {label.shape[1]}×{label.shape[0]} but image "
@@ -220,10 +232,10 @@ def _decode_chunk(images_npy: str, labels_npy: str, chunk: list[Sample], reading
         histogram += np.bincount(label.ravel(), minlength=256)
     images.flush()
     labels.flush()
-    return histogram
+    return histogram, stored
 
 
-def _label(path: str, reading: Reading) -> np.ndarray:
+def _label(path: str, reading: Reading, stored: np.ndarray) -> np.ndarray:
     """H×W class indices with IGNORE_INDEX for ignored pixels, from a mask (see `pipeline.ingest.masks`) or an
     SBD `.mat`'s `GTcls.Segmentation`."""
     if path.endswith(sbd.LABEL_SUFFIX):
@@ -231,7 +243,7 @@ def _label(path: str, reading: Reading) -> np.ndarray:
     try:
         with Image.open(path) as file:
             file.load()
-            return reading.masks.read(path, file)
+            return reading.masks.read(path, file, stored)
     except OSError as error:  # e.g. a truncated file, whose header alone looked fine
         raise PipelineError(f"{path}: cannot be decoded ({error}); {reading.fix}") from None
 

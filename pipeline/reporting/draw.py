@@ -25,6 +25,7 @@ ERROR_RGB = (255, 48, 48)
 VOID_GREY = (150, 150, 150)
 # Dimmed enough that red errors and grey void stand out, bright enough to recognise the scene.
 ERROR_DIM = 0.45
+OVERLAY_ROWS = 512  # rows blended at a time
 PANEL_MIN_TILE = 240
 
 
@@ -51,10 +52,15 @@ def overlay(image: np.ndarray, label: np.ndarray, *, labels: LabelSet, alpha: fl
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     colours = labels.palette()
-    objects = (label != IGNORE_INDEX) & colours[label].any(axis=-1)
-    blended = image.astype(np.float64)
-    blended[objects] = (1 - alpha) * blended[objects] + alpha * colours[label[objects]]
-    return np.rint(blended).astype(np.uint8)
+    coloured = colours.any(axis=-1)  # per class: drawn, or left as the photo (black, void)
+    out = image.copy()
+    for top in range(0, label.shape[0], OVERLAY_ROWS):  # in bands: a 48 MP photo's float64 copy would be 1 GB
+        rows = slice(top, top + OVERLAY_ROWS)
+        band = label[rows]
+        objects = (band != IGNORE_INDEX) & coloured[band]
+        blended = (1 - alpha) * image[rows][objects].astype(np.float64) + alpha * colours[band[objects]]
+        out[rows][objects] = np.rint(blended).astype(np.uint8)
+    return out
 
 
 def _errors(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> tuple[np.ndarray, float]:

@@ -15,8 +15,9 @@ import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.runtime import Runtime
-from pipeline.evaluation.predict import predict
+from pipeline.evaluation.predict import WHOLE, predict_mask
 
 
 def read_rgb(path: Path | BinaryIO, *, name: str | None = None) -> np.ndarray:
@@ -92,7 +93,7 @@ def at_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
-def segment(model: torch.nn.Module, image: np.ndarray, runtime: Runtime) -> np.ndarray:
-    """H×W×3 uint8 image → H×W uint8 class map, at the image's own size."""
-    tensor = torch.from_numpy(image).permute(2, 0, 1).contiguous().to(runtime.device)
-    return predict(model, tensor, runtime).to(torch.uint8).cpu().numpy()
+def segment(model: torch.nn.Module, image: np.ndarray, runtime: Runtime, inference: InferenceParams = WHOLE
+            ) -> np.ndarray:
+    """H×W×3 uint8 image → H×W uint8 class map, at the image's own size (`inference`: whole or slide mode, TTA)."""
+    return predict_mask(model, torch.from_numpy(image).permute(2, 0, 1), runtime, inference).numpy()

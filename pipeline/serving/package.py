@@ -12,6 +12,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.params.serving import ServingParams
 from pipeline.models.saved import saved_architecture
 
@@ -33,10 +34,10 @@ def requirements(model_file: str | Path) -> list[str]:
 
 
 def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: str | Path | None = None,
-                      limits: ServingParams | None = None) -> Path:
+                      limits: ServingParams | None = None, inference: InferenceParams | None = None) -> Path:
     """Write the MLflow model directory for `model_file` (a `pipeline.models.saved.save_model` file), with
-    `onnx_file` among its artefacts when given and the request `limits` (default: `ServingParams()`) as its model
-    config, at `directory`."""
+    `onnx_file` among its artefacts when given and the request `limits` (default: `ServingParams()`) and the
+    `inference` settings (whole or slide mode, TTA; default: whole) as its model config, at `directory`."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
@@ -54,7 +55,8 @@ def save_served_model(model_file: str | Path, directory: str | Path, onnx_file: 
             mlflow.pyfunc.save_model(
                 str(directory), python_model=str(ENTRY_POINT), artifacts=artifacts,
                 code_paths=[str(code)], signature=signature,
-                model_config=dataclasses.asdict(limits or ServingParams()),
+                model_config={**dataclasses.asdict(limits or ServingParams()),
+                              "inference": dataclasses.asdict(inference or InferenceParams())},
                 # Stated, not inferred: inference would load the model in a subprocess at every save.
                 pip_requirements=requirements(model_file))
     return Path(directory)

@@ -14,7 +14,9 @@ from PIL import Image
 from pipeline.core.atomic import require_writable, write_png
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import LabelSet, label_png
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.runtime import Runtime
+from pipeline.evaluation.predict import WHOLE
 from pipeline.reporting.draw import overlay
 from pipeline.serving.images import at_size, read_photo, segment
 
@@ -58,7 +60,8 @@ def output_paths(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runtime: Runtime,
-                  *, labels: LabelSet, max_pixels: int | None = None) -> list[str]:
+                  *, labels: LabelSet, max_pixels: int | None = None, inference: InferenceParams = WHOLE
+                  ) -> list[str]:
     """Write `<stem>.png` (class indices in a palette PNG of `labels`' colours, the input's size) and
     `<stem>_overlay.png` per input; returns one line per file that could not be read, after processing all the
     others. A JPEG above `max_pixels` is predicted
@@ -73,7 +76,7 @@ def segment_files(model: torch.nn.Module, paths: list[Path], out_dir: Path, runt
             failures.append(str(error))
             log.error("%s", error)
             continue
-        mask = segment(model, image, runtime)
+        mask = segment(model, image, runtime, inference)
         write_png(label_file, label_png(at_size(mask, size), labels))
         write_png(overlay_file, Image.fromarray(overlay(image, mask, labels=labels)))
         log.info("%s → %s", path, label_file)

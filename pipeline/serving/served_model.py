@@ -8,6 +8,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.params.serving import ServingParams
 from pipeline.serving.package import INPUT_COLUMN, OUTPUT_COLUMN
 from pipeline.serving.service import load_service_model, segment_encoded
@@ -20,9 +21,11 @@ class SegmentationService(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.model, self.runtime, self.labels = load_service_model(context.artifacts["model"])
-        limits = context.model_config or {}  # served models logged before the limits had none: the defaults
-        self.limits = {name: int(limits[name]) if name in limits else default
+        config = context.model_config or {}  # served models logged before the limits had none: the defaults
+        self.limits = {name: int(config[name]) if name in config else default
                        for name, default in dataclasses.asdict(ServingParams()).items()}
+        # How the model runs over an image (whole or slide, TTA): params.yaml's `inference` when it was logged
+        self.inference = InferenceParams(**config["inference"]) if "inference" in config else InferenceParams()
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
@@ -34,7 +37,7 @@ class SegmentationService(mlflow.pyfunc.PythonModel):
                                   error_code=INVALID_PARAMETER_VALUE)
         try:
             masks = segment_encoded(self.model, self.runtime, [str(v) for v in model_input[INPUT_COLUMN]],
-                                    labels=self.labels, **self.limits)
+                                    labels=self.labels, inference=self.inference, **self.limits)
         except PipelineError as error:
             raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame({OUTPUT_COLUMN: masks})

@@ -19,6 +19,8 @@ import torch
 from pipeline.core import runtime
 from pipeline.core.errors import PipelineError
 from pipeline.core.labels import LabelSet, label_png
+from pipeline.core.params.inference import InferenceParams
+from pipeline.evaluation.predict import WHOLE
 from pipeline.models.saved import load_saved
 from pipeline.serving.images import at_size, read_photo, segment
 from pipeline.serving.package import INPUT_COLUMN
@@ -57,11 +59,12 @@ def check_rows(rows: int, max_rows: int) -> None:
 
 def segment_encoded(model: torch.nn.Module, policy: runtime.Runtime, images: list[str], *,
                     max_pixels: int | None = None, max_rows: int | None = None,
-                    labels: LabelSet) -> list[str]:
+                    labels: LabelSet, inference: InferenceParams = WHOLE) -> list[str]:
     """One `mask_png` per encoded image, at the image's size; too many rows fail before any is decoded, and every
     row is decoded before any is segmented, so a bad row fails the request before the model spends time on the
     others."""
     if max_rows is not None:
         check_rows(len(images), max_rows)
     decoded = [decode_image(image, row, max_pixels) for row, image in enumerate(images)]
-    return [encode_mask(at_size(segment(model, pixels, policy), size), labels) for pixels, size in decoded]
+    return [encode_mask(at_size(segment(model, pixels, policy, inference), size), labels)
+            for pixels, size in decoded]

@@ -4,6 +4,7 @@ the training or model schema never makes them stale."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Literal
 from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.params.schema import ParamsFile, check_name, limits, source_origin
+from pipeline.core.presets import PRESETS
 from pipeline.core.voc_classes import CLASSES as VOC_CLASSES
 
 MAX_CLASSES = 255  # prepared data marks ignored pixels 255 (pipeline.core.labels.IGNORE_INDEX)
@@ -95,6 +97,9 @@ class DatasetParams:
     default. See docs/own-data.md. The layout's own keys (splits, val_fraction, images, masks) are checked by the
     layout (`pipeline.ingest.layouts`), when the extract and prepare stages start."""
 
+    # voc, cityscapes or ade20k: fills layout, classes, colors, ignore_index and the label mapping, and the name
+    # unless it is given (pipeline/core/presets.py); null: the keys below as they are
+    preset: Literal["voc", "cityscapes", "ade20k"] | None = None
     name: str = "voc"  # names the MLflow experiment (<name>-segmentation) and registered models (<name>-<key>)
     layout: str = "voc"  # a module of pipeline/ingest/layouts/, which checks the keys it reads (voc, folders)
     images: str = "images"  # folders: the directories of images and masks under the source root
@@ -105,8 +110,14 @@ class DatasetParams:
     colors: list[list[int]] | None = None  # RGB per class; null: VOC's palette for the first N indices
     ignore_index: int = field(default=255, metadata=limits(0, 255))  # the masks' value for ignored pixels
     ignore_color: list[int] | None = None  # colour masks: the RGB of ignored pixels
+    # {mask value: class index} for masks that store other values than the class indices (Cityscapes' label
+    # ids); every value not listed is ignored. Keys are mask values 0..255.
+    label_map: dict[str, int] | None = None
+    reduce_zero_label: bool = False  # ADE20K's convention: 0 is ignored, every other value v is class v - 1
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            self._apply_preset()
         check_name(self.name, "name")
         if not 2 <= len(self.classes) <= MAX_CLASSES:
             raise PipelineError(f"classes: must list 2 to {MAX_CLASSES} class names, got {len(self.classes)}")
@@ -124,10 +135,43 @@ class DatasetParams:
         if self.ignore_index < len(self.classes):
             raise PipelineError(f"ignore_index: {self.ignore_index} is the index of class "
                                 f"{self.classes[self.ignore_index]!r}; use a value from {len(self.classes)} to 255")
+        if self.label_map is not None:
+            if self.reduce_zero_label:
+                raise PipelineError("label_map, reduce_zero_label: give one (reduce_zero_label is the map v → v - 1 "
+                                    "with 0 ignored)")
+            for value, index in self.label_map.items():
+                if not (value.isdigit() and int(value) <= 255):
+                    raise PipelineError(f"label_map: key {value!r} is not a mask value 0..255")
+                if not 0 <= index < len(self.classes):
+                    raise PipelineError(f"label_map.{value}: {index} is not a class index 0..{len(self.classes) - 1}")
+        if self.reduce_zero_label and len(self.classes) > 255:
+            raise PipelineError("reduce_zero_label: mask values 1..255 hold at most 255 classes")
         if self.ignore_color is not None:
             color = _check_color(self.ignore_color, "ignore_color")
             if self.colors is not None and list(color) in self.colors:
                 raise PipelineError(f"ignore_color: {list(color)} is also a class colour in colors")
+
+    def _apply_preset(self) -> None:
+        """Fill the keys the preset sets; a key given another value than the preset's is refused, since the
+        preset's masks would not mean what it says. A key at its default counts as not given."""
+        defaults = {f.name: (f.default if f.default_factory is dataclasses.MISSING else f.default_factory())
+                    for f in dataclasses.fields(self)}
+        for key, value in PRESETS[self.preset].items():
+            given = getattr(self, key)
+            if given == defaults[key] or given == value:
+                object.__setattr__(self, key, value)
+            elif key != "name":
+                raise PipelineError(f"{key}: preset {self.preset} sets it; remove it, or set preset: null and give "
+                                    "every key yourself")
+
+    def value_map(self) -> dict[int, int] | None:
+        """The mask value → class index map that `label_map` and `reduce_zero_label` say, or None when the masks
+        store class indices."""
+        if self.label_map is not None:
+            return {int(value): index for value, index in self.label_map.items()}
+        if self.reduce_zero_label:
+            return {value: value - 1 for value in range(1, len(self.classes) + 1)}
+        return None
 
     @property
     def is_voc(self) -> bool:
@@ -149,7 +193,7 @@ class DataSections:
         if not self.data.from_directory:
             self.data.check_archive("data", "the dataset's archive, or set data.path to a directory that holds the "
                                             "dataset")
-        if self.prepare.train_set == "trainaug":
+        if self.train_set == "trainaug":
             if not self.dataset.is_voc:
                 raise PipelineError("prepare.train_set: trainaug adds SBD's VOC labels, so it needs VOC's classes in "
                                     "the voc layout; set prepare.train_set: train for another dataset")
@@ -157,6 +201,15 @@ class DataSections:
                 raise PipelineError("sbd: needed by prepare.train_set: trainaug (urls, md5 and size of SBD's "
                                     "benchmark.tgz); add the section or set prepare.train_set: train")
             self.sbd.check_archive("sbd", "benchmark.tgz")
+
+
+    @property
+    def train_set(self) -> str:
+        """The training set prepare builds: `prepare.train_set`, except that trainaug (VOC's with SBD, the default)
+        means a benchmark preset's own train split, so that `preset` alone switches dataset."""
+        if self.prepare.train_set == "trainaug" and self.dataset.preset not in (None, "voc"):
+            return "train"
+        return self.prepare.train_set
 
 
 def data_sections(params: ParamsFile) -> DataSections:

@@ -18,8 +18,8 @@ from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 
 # The sections of params.yaml; each has its module in this package (`data` holds data, sbd, dataset and prepare).
-SECTIONS = ("data", "sbd", "dataset", "prepare", "train", "models", "evaluate", "export", "serving", "render",
-            "tracking")
+SECTIONS = ("data", "sbd", "dataset", "prepare", "train", "models", "inference", "evaluate", "export", "serving",
+            "render", "tracking")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a dataset's or a model's name: it names runs and registered models
 
 
@@ -82,9 +82,13 @@ class ParamsFile:
         raise PipelineError(f"unknown model {name!r}: {self.source} lists {', '.join(keys)}")
 
     def dataset_name(self) -> str:
-        """`dataset.name`, which names the MLflow experiment and the registered models (default voc)."""
+        """`dataset.name`, which names the MLflow experiment and the registered models (default voc; with a
+        `preset` and no name of its own, the preset's, which is the preset's key: pipeline/core/presets.py)."""
         dataset = self.raw.get("dataset") or {}
         name = dataset.get("name", "voc") if isinstance(dataset, dict) else "voc"
+        preset = dataset.get("preset") if isinstance(dataset, dict) else None
+        if isinstance(preset, str) and name == "voc":
+            name = preset
         with self.naming_errors():
             return check_name(name, "dataset.name")
 
@@ -148,6 +152,9 @@ def build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
+        moved = getattr(cls, "MOVED", {}).get(unknown[0])  # a key that lives in another section now
+        if moved:
+            raise PipelineError(f"{key}: moved to {moved}; move it there")
         raise PipelineError(f"{key}: unknown key; allowed keys here: {', '.join(fields)}")
     values = {}
     for name, spec in fields.items():

@@ -17,6 +17,7 @@ from pipeline.core.params.data import (
 )
 from pipeline.core.params.evaluate import EvaluateParams
 from pipeline.core.params.export import ExportParams
+from pipeline.core.params.inference import InferenceParams
 from pipeline.core.params.models import ModelParams, model_params
 from pipeline.core.params.render import RenderParams
 from pipeline.core.params.schema import ParamsFile
@@ -33,6 +34,7 @@ class Params:
     sbd: DataParams | None
     train: TrainParams
     models: dict[str, ModelParams]
+    inference: InferenceParams
     evaluate: EvaluateParams
     export: ExportParams
     serving: ServingParams
@@ -66,6 +68,7 @@ def _whole(params: ParamsFile) -> Params:
         train_params(params, key)  # every model's overrides checked now, not when its stage runs
     return Params(data=data.data, dataset=data.dataset, prepare=data.prepare, sbd=data.sbd,
                   train=params.section("train", TrainParams), models=models,
+                  inference=params.section("inference", InferenceParams),
                   evaluate=params.section("evaluate", EvaluateParams), export=params.section("export", ExportParams),
                   serving=params.section("serving", ServingParams), render=params.section("render", RenderParams),
                   tracking=tracking_params(params), file=params)
